@@ -1,0 +1,212 @@
+//! `Config`: every tunable of a node in one place, with its default and why.
+//!
+//! The C++ original had one setting, the port, passed to `Node(port)`. Everything else
+//! here exists because a working overlay needs a bound or a timer for it. Values are
+//! checked once, in [`Config::validate`], when the node starts, never deep inside the
+//! code that uses them.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::p2p_message::{DEFAULT_MAX_FRAME, MAX_NETWORK_NAME};
+
+/// Settings for [`Node::start`](crate::Node::start).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// IP to listen on. Defaults to 0.0.0.0 (every interface), because a node exists to
+    /// be reached by others on the LAN; tests use 127.0.0.1.
+    pub bind: IpAddr,
+    /// TCP port to listen on. Defaults to 0: the OS picks one, which
+    /// [`Node::local_addr`](crate::Node::local_addr) reports.
+    pub port: u16,
+    /// Address announced to peers instead of the socket's source IP and the listen
+    /// port, for a node behind an address its peers cannot see. Defaults to `None`.
+    pub advertise: Option<SocketAddr>,
+    /// Name of the overlay; nodes with different names refuse each other. Defaults to
+    /// `"p2p-overlay"`. At most 64 bytes.
+    pub network: String,
+    /// How many links the node dials towards; small networks become a full mesh.
+    /// Defaults to 8. Inbound links beyond it are accepted up to `max_links`.
+    pub target_links: usize,
+    /// Hard cap on links of both directions; a handshake past it is refused.
+    /// Defaults to 128.
+    pub max_links: usize,
+    /// Whether the node dials addresses it learns by peer exchange. Defaults to `true`;
+    /// turning it off leaves only explicit `connect_to_peer` calls (tests use it to
+    /// build a fixed topology).
+    pub auto_dial: bool,
+    /// How often each link is pinged. Defaults to 1 s.
+    pub heartbeat_interval: Duration,
+    /// A link silent for this long is dropped. Defaults to 3 s: three missed
+    /// heartbeats.
+    pub peer_timeout: Duration,
+    /// A connection must complete the JOIN exchange within this time. Defaults to 5 s.
+    pub handshake_timeout: Duration,
+    /// TCP connect timeout for dials. Defaults to 3 s.
+    pub connect_timeout: Duration,
+    /// Largest frame accepted or sent (length prefix value). Defaults to 1 MiB.
+    pub max_frame: u32,
+    /// Frames a link may have queued for its writer; a peer whose queue is full is too
+    /// slow and is dropped. Defaults to 1024.
+    pub queue_len: usize,
+    /// A broadcast that has travelled this many links is delivered but not forwarded.
+    /// Defaults to 16, far above the diameter of an overlay of a few hundred nodes.
+    pub hop_limit: u8,
+    /// Broadcast ids remembered for duplicate suppression. Defaults to 16,384.
+    pub seen_cache_size: usize,
+    /// How long a broadcast id is remembered. Defaults to 5 minutes.
+    pub seen_cache_ttl: Duration,
+    /// Known addresses kept for dialing. Defaults to 1,000.
+    pub max_known_addrs: usize,
+    /// How often every link is sent the current address list again, so that nodes
+    /// that joined later are learned. Defaults to 30 s.
+    pub peer_exchange_interval: Duration,
+    /// Events kept for the application before new ones are dropped (and counted).
+    /// Defaults to 100,000.
+    pub max_pending_events: usize,
+    /// Stack size of every thread the node starts. Defaults to 256 KiB: the threads
+    /// only decode frames and move buffers, and only touched pages cost memory.
+    pub thread_stack_size: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: 0,
+            advertise: None,
+            network: "p2p-overlay".to_string(),
+            target_links: 8,
+            max_links: 128,
+            auto_dial: true,
+            heartbeat_interval: Duration::from_secs(1),
+            peer_timeout: Duration::from_secs(3),
+            handshake_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(3),
+            max_frame: DEFAULT_MAX_FRAME,
+            queue_len: 1024,
+            hop_limit: 16,
+            seen_cache_size: 16_384,
+            seen_cache_ttl: Duration::from_secs(300),
+            max_known_addrs: 1000,
+            peer_exchange_interval: Duration::from_secs(30),
+            max_pending_events: 100_000,
+            thread_stack_size: 256 * 1024,
+        }
+    }
+}
+
+/// Smallest frame limit that still fits a JOIN with the longest network name.
+const MIN_MAX_FRAME: u32 = 256;
+
+/// Smallest stack that comfortably runs the logger and the decoder.
+const MIN_STACK: usize = 64 * 1024;
+
+impl Config {
+    /// A default config listening on `bind:port`.
+    pub fn new(bind: IpAddr, port: u16) -> Config {
+        Config {
+            bind,
+            port,
+            ..Config::default()
+        }
+    }
+
+    /// Refuses combinations that cannot work, with a message naming the field.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |msg: String| Err(Error::InvalidConfig(msg));
+        if self.network.len() > MAX_NETWORK_NAME {
+            return bad(format!(
+                "network name is {} bytes, at most {MAX_NETWORK_NAME} allowed",
+                self.network.len()
+            ));
+        }
+        if self.heartbeat_interval.is_zero() {
+            return bad("heartbeat interval must be above 0".into());
+        }
+        if self.peer_timeout <= self.heartbeat_interval {
+            return bad(format!(
+                "peer timeout ({:?}) must be longer than the heartbeat interval ({:?})",
+                self.peer_timeout, self.heartbeat_interval
+            ));
+        }
+        if self.handshake_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return bad("handshake and connect timeouts must be above 0".into());
+        }
+        if self.max_frame < MIN_MAX_FRAME {
+            return bad(format!(
+                "max frame {} is below the minimum {MIN_MAX_FRAME}",
+                self.max_frame
+            ));
+        }
+        if self.queue_len == 0 || self.max_links == 0 {
+            return bad("queue length and max links must be above 0".into());
+        }
+        if self.target_links > self.max_links {
+            return bad(format!(
+                "target links ({}) cannot exceed max links ({})",
+                self.target_links, self.max_links
+            ));
+        }
+        if self.seen_cache_size == 0 || self.max_known_addrs == 0 {
+            return bad("seen cache size and max known addresses must be above 0".into());
+        }
+        if self.thread_stack_size < MIN_STACK {
+            return bad(format!(
+                "thread stack size {} is below the minimum {MIN_STACK}",
+                self.thread_stack_size
+            ));
+        }
+        if let Some(a) = self.advertise {
+            if a.port() == 0 || a.ip().is_unspecified() {
+                return bad(format!("advertise address {a} is not dialable"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        Config::default()
+            .validate()
+            .expect("default config is valid");
+    }
+
+    #[test]
+    fn silly_values_are_refused() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut Config)>)> = vec![
+            ("network", Box::new(|c| c.network = "x".repeat(65))),
+            (
+                "heartbeat",
+                Box::new(|c| c.heartbeat_interval = Duration::ZERO),
+            ),
+            (
+                "peer timeout",
+                Box::new(|c| c.peer_timeout = c.heartbeat_interval),
+            ),
+            ("max frame", Box::new(|c| c.max_frame = 10)),
+            ("queue length", Box::new(|c| c.queue_len = 0)),
+            (
+                "target links",
+                Box::new(|c| c.target_links = c.max_links + 1),
+            ),
+            ("stack", Box::new(|c| c.thread_stack_size = 1024)),
+            (
+                "advertise",
+                Box::new(|c| c.advertise = Some("0.0.0.0:9000".parse().expect("addr"))),
+            ),
+        ];
+        for (what, change) in cases {
+            let mut c = Config::default();
+            change(&mut c);
+            let e = c.validate().expect_err(what);
+            assert!(matches!(e, Error::InvalidConfig(_)), "{what}: {e}");
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! `p2p-node`: run one overlay node and drive it from standard input (the C++
+//! `main.cpp`).
+//!
+//! Kept thin: parse and check the arguments, start a [`Node`], then one loop that waits
+//! on three things at once: a command line from the stdin thread, an event from the
+//! node, and the shutdown signal (Ctrl-C or SIGTERM). `exit` and the signals end in the
+//! same place: `Node::stop` sends LEAVE, closes links, joins threads; then exit 0.
+//!
+//! Differences from the C++: bad arguments print one line and exit 2 instead of
+//! throwing from `std::stoi`; end of input stops reading commands but not the node (so
+//! it runs under a service manager or with `< /dev/null`); output is line-oriented
+//! and documented in README.md.
+
+use std::io::{self, BufRead};
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use crossbeam_channel::{bounded, never, select, unbounded, Receiver};
+
+use p2p_overlay::cli::{self, Command};
+use p2p_overlay::{resolve_peer_addr, Config, Node};
+
+const AFTER_HELP: &str = "\
+Commands are read from standard input, one per line (type 'help' once running).
+Output: one line per event or command result on stdout; diagnostics on stderr,
+filtered by RUST_LOG (default: warn).
+
+Examples:
+  p2p-node 9000                      start a new overlay on port 9000
+  p2p-node 9001 127.0.0.1 9000       join it through the node on port 9000";
+
+/// A decentralized peer-to-peer overlay node.
+#[derive(Parser, Debug)]
+#[command(name = "p2p-node", version, about, after_help = AFTER_HELP)]
+struct Args {
+    /// TCP port to listen on (0 picks a free port)
+    port: u16,
+
+    /// Host of a node to join through (name or IP)
+    #[arg(requires = "peer_port")]
+    peer_host: Option<String>,
+
+    /// Port of the node to join through
+    peer_port: Option<u16>,
+
+    /// IP address to listen on
+    #[arg(long, value_name = "IP", default_value = "0.0.0.0")]
+    bind: IpAddr,
+
+    /// Address to announce to peers instead of the one they see (IP or IP:PORT)
+    #[arg(long, value_name = "ADDR")]
+    advertise: Option<String>,
+
+    /// Overlay name; nodes with different names refuse each other
+    #[arg(long, value_name = "NAME", default_value = "p2p-overlay")]
+    network: String,
+
+    /// Number of links to dial towards
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    target_links: usize,
+
+    /// Most links of both directions
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    max_links: usize,
+
+    /// Do not dial addresses learned from peers (only the bootstrap and 'connect')
+    #[arg(long)]
+    no_auto_dial: bool,
+
+    /// Milliseconds between heartbeats on each link
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    heartbeat_ms: u64,
+
+    /// Milliseconds of silence after which a peer is dropped
+    #[arg(long, value_name = "MS", default_value_t = 3000)]
+    timeout_ms: u64,
+
+    /// Milliseconds a new connection has to complete the JOIN handshake
+    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    handshake_timeout_ms: u64,
+
+    /// Largest frame accepted or sent, in bytes
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    max_frame: u32,
+}
+
+impl Args {
+    /// Checks what clap cannot and builds the node's config.
+    fn to_config(&self) -> Result<Config, String> {
+        let advertise = match &self.advertise {
+            None => None,
+            Some(s) => Some(parse_advertise(s, self.port)?),
+        };
+        if self.peer_port == Some(0) {
+            return Err("peer port must be from 1 to 65535".into());
+        }
+        let config = Config {
+            bind: self.bind,
+            port: self.port,
+            advertise,
+            network: self.network.clone(),
+            target_links: self.target_links,
+            max_links: self.max_links,
+            auto_dial: !self.no_auto_dial,
+            heartbeat_interval: Duration::from_millis(self.heartbeat_ms),
+            peer_timeout: Duration::from_millis(self.timeout_ms),
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+            max_frame: self.max_frame,
+            ..Config::default()
+        };
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+}
+
+/// `IP` (the listen port is announced) or `IP:PORT`.
+fn parse_advertise(s: &str, port: u16) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    match s.parse::<IpAddr>() {
+        Ok(ip) if port != 0 => Ok(SocketAddr::new(ip, port)),
+        Ok(_) => Err("--advertise without a port needs a fixed listen port, not 0".into()),
+        Err(_) => Err(format!("--advertise {s:?} is not an IP or IP:PORT")),
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            // clap's message spans several lines; its first one says what is wrong.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("bad arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("p2p-node: {first} (see --help)");
+            return ExitCode::from(2);
+        }
+    };
+    let config = match args.to_config() {
+        Ok(c) => c,
+        Err(msg) => {
+            eprintln!("p2p-node: {msg} (see --help)");
+            return ExitCode::from(2);
+        }
+    };
+    match run(config, &args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("p2p-node: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(config: Config, args: &Args) -> Result<(), String> {
+    let node = Node::start(config).map_err(|e| e.to_string())?;
+    println!("node {} listening on {}", node.id(), node.local_addr());
+
+    let (shutdown_tx, shutdown_rx) = bounded::<()>(1);
+    if let Err(e) = ctrlc::set_handler(move || {
+        let _ = shutdown_tx.try_send(());
+    }) {
+        log::warn!("cannot install the Ctrl-C/SIGTERM handler: {e}");
+    }
+
+    if let (Some(host), Some(port)) = (&args.peer_host, args.peer_port) {
+        let target = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        connect(&node, &target);
+    }
+
+    let mut commands = spawn_stdin_reader();
+    let events = node.events();
+    loop {
+        select! {
+            recv(shutdown_rx) -> _ => break,
+            recv(events) -> ev => match ev {
+                Ok(ev) => println!("{}", cli::format_event(&ev)),
+                Err(_) => break,
+            },
+            recv(commands) -> line => match line {
+                Ok(line) => {
+                    if !run_line(&node, &line) {
+                        break;
+                    }
+                }
+                // End of input: keep serving until a signal (see the module doc).
+                Err(_) => commands = never(),
+            },
+        }
+    }
+    println!("shutting down");
+    node.stop();
+    Ok(())
+}
+
+/// Reads stdin on its own thread. It is the one thread not joined: a blocking read of
+/// stdin cannot be interrupted portably, and the process exits right after `stop`.
+fn spawn_stdin_reader() -> Receiver<String> {
+    let (tx, rx) = unbounded();
+    let spawned = std::thread::Builder::new()
+        .name("stdin".into())
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            for line in io::stdin().lock().lines() {
+                match line {
+                    Ok(l) => {
+                        if tx.send(l).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        log::warn!("cannot read standard input: {e}");
+                        break;
+                    }
+                }
+            }
+        });
+    match spawned {
+        Ok(_) => rx,
+        Err(e) => {
+            log::warn!("cannot start the stdin thread, commands are disabled: {e}");
+            never()
+        }
+    }
+}
+
+fn connect(node: &Node, target: &str) {
+    match resolve_peer_addr(target).and_then(|a| node.connect_to_peer(a)) {
+        Ok(p) => println!("connected to {} (id {})", p.addr, p.node_id),
+        Err(e) => eprintln!("error: {e}"),
+    }
+}
+
+/// Runs one command line; `false` means exit.
+fn run_line(node: &Node, line: &str) -> bool {
+    let cmd = match cli::parse_command(line) {
+        Ok(Some(c)) => c,
+        Ok(None) => return true,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return true;
+        }
+    };
+    match cmd {
+        Command::Peers => cli::format_peers(&node.peers())
+            .iter()
+            .for_each(|l| println!("{l}")),
+        Command::Known => cli::format_known(&node.known_addrs())
+            .iter()
+            .for_each(|l| println!("{l}")),
+        Command::Info => cli::format_info(&node.info())
+            .iter()
+            .for_each(|l| println!("{l}")),
+        Command::Help => println!("{}", cli::HELP),
+        Command::Exit => return false,
+        Command::Connect { addr } => connect(node, &addr),
+        Command::Send { peer, text } => {
+            match resolve_peer_addr(&peer).and_then(|a| node.send_data_to_peer(a, &text).map(|_| a))
+            {
+                Ok(a) => println!("sent to {a}"),
+                Err(e) => eprintln!("error: send to {peer} failed: {e}"),
+            }
+        }
+        Command::Broadcast { text } => match node.broadcast_data(&text) {
+            Ok(0) => eprintln!("error: broadcast reached no one: no peers connected"),
+            Ok(n) => println!("broadcast sent to {n} peers"),
+            Err(e) => eprintln!("error: broadcast failed: {e}"),
+        },
+        Command::Forget { addr } => match resolve_peer_addr(&addr) {
+            Ok(a) if node.forget_addr(a) => println!("forgot {a}"),
+            Ok(a) => eprintln!("error: {a} is not a known address"),
+            Err(e) => eprintln!("error: {e}"),
+        },
+        Command::Disconnect { peer } => match resolve_peer_addr(&peer) {
+            Ok(a) if node.remove_peer(a) => println!("disconnected from {a}"),
+            Ok(a) => eprintln!("error: no peer {a} connected"),
+            Err(e) => eprintln!("error: {e}"),
+        },
+    }
+    true
+}

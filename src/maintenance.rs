@@ -1,0 +1,75 @@
+//! The maintenance thread: heartbeats, dead-peer detection, periodic peer exchange,
+//! dialing towards the target link count, and reaping finished connection threads.
+//! The C++ original had only a thread that printed the peer set every 1000 s.
+//!
+//! It wakes every quarter heartbeat interval (between 10 and 250 ms), so a silent peer
+//! is dropped at most that long after its timeout. It waits with `select!` on its tick
+//! and on a shutdown channel, so `Node::stop` wakes it at once.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{select, tick, Receiver};
+
+use crate::node::Shared;
+use crate::p2p_message::P2PMessage;
+
+/// Runs until `stop` is closed.
+pub(crate) fn run(shared: Arc<Shared>, stop: Receiver<()>) {
+    let period = (shared.config.heartbeat_interval / 4)
+        .clamp(Duration::from_millis(10), Duration::from_millis(250));
+    let ticker = tick(period);
+    let mut last_exchange = Instant::now();
+    loop {
+        select! {
+            recv(stop) -> _ => break,
+            recv(ticker) -> _ => {}
+        }
+        if !shared.is_running() {
+            break;
+        }
+        heartbeat(&shared);
+        if last_exchange.elapsed() >= shared.config.peer_exchange_interval {
+            last_exchange = Instant::now();
+            for link in shared.table.lock().links() {
+                shared.send_peer_list(&link);
+            }
+        }
+        shared.dial_more();
+        let finished = shared.table.lock().take_threads(false);
+        for h in finished {
+            if h.join().is_err() {
+                log::error!("a connection thread panicked");
+            }
+        }
+    }
+}
+
+/// Pings links that are due and drops links that have been silent too long.
+fn heartbeat(shared: &Shared) {
+    let now_ms = shared.now_ms();
+    let interval_ms = shared.config.heartbeat_interval.as_millis() as u64;
+    let timeout_ms = shared.config.peer_timeout.as_millis() as u64;
+    let links = shared.table.lock().links();
+    let mut ping: Option<Arc<[u8]>> = None;
+    for link in links {
+        let silent = now_ms.saturating_sub(link.last_seen_ms.load(Ordering::Relaxed));
+        if silent > timeout_ms {
+            log::warn!("{}: silent for {silent} ms, dropping the peer", link.addr);
+            shared.close_link(&link, "heartbeat timeout");
+            continue;
+        }
+        if now_ms.saturating_sub(link.last_ping_ms.load(Ordering::Relaxed)) >= interval_ms {
+            link.last_ping_ms.store(now_ms, Ordering::Relaxed);
+            let frame = ping.get_or_insert_with(|| {
+                P2PMessage::Ping {
+                    nonce: shared.now_us(),
+                }
+                .encode()
+                .into()
+            });
+            shared.queue_frame(&link, Arc::clone(frame));
+        }
+    }
+}

@@ -1,0 +1,876 @@
+//! `Node`: the public face of an overlay node, the Rust form of the C++ `Node` class
+//! (`start`, `stop`, `connectToPeer`, `handleJoin`, `printPeers`, `removePeer`,
+//! `sendDataToPeer`, `broadcastData`).
+//!
+//! `Node` is a handle; the state every thread shares lives in [`Shared`]:
+//!
+//! | field   | lock           | holds                                          |
+//! |---------|----------------|------------------------------------------------|
+//! | `table` | `Mutex`        | links, open sockets, connection threads, dials |
+//! | `addrs` | `Mutex`        | known addresses and the node's own addresses   |
+//! | `seen`  | `Mutex`        | broadcast ids already delivered                |
+//! | `observed_ip` | `Mutex`  | the IP peers see this node at                  |
+//!
+//! Lock order: there is none, because no code path holds two of these at once; each
+//! guard is taken, used for a copy or an update, and dropped before the next lock, any
+//! socket call or any blocking channel send. The C++ original held its one mutex while
+//! connecting and while sending to every peer; that is exactly what this avoids.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, unbounded, Receiver, SendTimeoutError, Sender, TrySendError};
+use parking_lot::Mutex;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::event::{Event, PeerInfo};
+use crate::known_addrs::{is_dialable, AddrBook, KnownAddr};
+use crate::maintenance;
+use crate::p2p_message::{Broadcast, Join, NodeId, P2PMessage, LEN_PREFIX, PROTOCOL_VERSION};
+use crate::peer_connection_factory::{spawn_named, PeerConnectionFactory};
+use crate::peer_table::{Insert, Link, Outbound, PeerTable};
+use crate::seen_cache::SeenCache;
+
+/// Most addresses sent in one PEERS message.
+const PEERS_PER_EXCHANGE: usize = 128;
+
+/// How long `stop` lets links close gracefully (LEAVE flushed, peer hangs up) before it
+/// shuts every socket down.
+const GRACEFUL_CLOSE: Duration = Duration::from_millis(300);
+
+/// A running overlay node. Cheap to share between threads (`Send + Sync`); dropping it
+/// stops it.
+pub struct Node {
+    shared: Arc<Shared>,
+    events: Receiver<Event>,
+    /// The acceptor and maintenance threads; `None` once stopped.
+    threads: Mutex<Option<NodeThreads>>,
+}
+
+struct NodeThreads {
+    acceptor: JoinHandle<()>,
+    maintenance: JoinHandle<()>,
+    /// Dropping it wakes the maintenance thread's `select!`.
+    stop_maintenance: Sender<()>,
+}
+
+/// Counters and identity, for `info`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// This node's id.
+    pub node_id: NodeId,
+    /// The socket address the listener is bound to.
+    pub local_addr: SocketAddr,
+    /// The address this node believes peers know it by (advertise override, else the
+    /// IP peers reported seeing, else the bind IP), with its listen port.
+    pub advertised_addr: SocketAddr,
+    /// The overlay's name.
+    pub network: String,
+    /// Live links.
+    pub links: usize,
+    /// Links the node dials towards.
+    pub target_links: usize,
+    /// Addresses in the address book.
+    pub known_addrs: usize,
+    /// Dials in progress.
+    pub dialing: usize,
+    /// Open sockets, including ones still in their handshake.
+    pub connections: usize,
+    /// Broadcasts delivered to the application (own ones excluded).
+    pub broadcasts_delivered: u64,
+    /// Broadcast copies dropped because they had been seen already.
+    pub duplicates_dropped: u64,
+    /// Broadcast frames queued for forwarding to neighbours.
+    pub frames_forwarded: u64,
+    /// Peers dropped because their outbound queue stayed full.
+    pub slow_peers_dropped: u64,
+    /// Events dropped because the application did not consume them.
+    pub events_dropped: u64,
+    /// Broadcast ids in the seen-cache (bounded by `seen_cache_size`).
+    pub seen_ids: usize,
+}
+
+#[derive(Default)]
+struct Stats {
+    broadcasts_delivered: AtomicU64,
+    duplicates_dropped: AtomicU64,
+    frames_forwarded: AtomicU64,
+    slow_peers_dropped: AtomicU64,
+    events_dropped: AtomicU64,
+}
+
+/// What `handle_join` decided for a connection that completed its handshake.
+pub(crate) enum HandleJoin {
+    Linked,
+    /// Another connection to the same node wins; close this one.
+    Duplicate(Arc<Link>),
+    Refused(String),
+}
+
+/// State shared by the node's threads. See the module doc for the locks.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) id: NodeId,
+    pub(crate) local_addr: SocketAddr,
+    running: AtomicBool,
+    pub(crate) table: Mutex<PeerTable>,
+    pub(crate) addrs: Mutex<AddrBook>,
+    seen: Mutex<SeenCache>,
+    observed_ip: Mutex<Option<IpAddr>>,
+    events: Sender<Event>,
+    /// Zero point of the millisecond and microsecond clocks stored in atomics.
+    epoch: Instant,
+    next_conn: AtomicU64,
+    next_seq: AtomicU64,
+    stats: Stats,
+}
+
+impl Node {
+    /// Binds `config.bind:config.port`, starts the acceptor and maintenance threads and
+    /// returns at once (the C++ `Node(port)` followed by `start()`).
+    ///
+    /// Fails with `InvalidConfig` for out-of-range settings, `Bind` when the port is
+    /// taken, `Thread` when the OS refuses a thread.
+    pub fn start(config: Config) -> Result<Node, Error> {
+        config.validate()?;
+        let want = SocketAddr::new(config.bind, config.port);
+        let listener =
+            TcpListener::bind(want).map_err(|source| Error::Bind { addr: want, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| Error::Bind { addr: want, source })?;
+        let (events_tx, events_rx) = unbounded();
+        let mut addrs = AddrBook::new(config.max_known_addrs);
+        for own in own_addrs(&config, local_addr) {
+            addrs.add_own(own);
+        }
+        let shared = Arc::new(Shared {
+            id: NodeId::random(),
+            local_addr,
+            running: AtomicBool::new(true),
+            table: Mutex::new(PeerTable::default()),
+            addrs: Mutex::new(addrs),
+            seen: Mutex::new(SeenCache::new(
+                config.seen_cache_size,
+                config.seen_cache_ttl,
+            )),
+            observed_ip: Mutex::new(None),
+            events: events_tx,
+            epoch: Instant::now(),
+            next_conn: AtomicU64::new(1),
+            next_seq: AtomicU64::new(1),
+            stats: Stats::default(),
+            config,
+        });
+        let stack = shared.config.thread_stack_size;
+        let acceptor = {
+            let shared = Arc::clone(&shared);
+            spawn_named("accept".into(), stack, move || {
+                accept_loop(shared, listener)
+            })
+            .map_err(Error::Thread)?
+        };
+        let (stop_maintenance, stop_rx) = bounded::<()>(0);
+        let maintenance = {
+            let shared = Arc::clone(&shared);
+            spawn_named("maint".into(), stack, move || {
+                maintenance::run(shared, stop_rx)
+            })
+        };
+        let maintenance = match maintenance {
+            Ok(h) => h,
+            Err(e) => {
+                shared.running.store(false, Ordering::SeqCst);
+                wake_acceptor(local_addr);
+                let _ = acceptor.join();
+                return Err(Error::Thread(e));
+            }
+        };
+        log::info!("node {} listening on {local_addr}", shared.id);
+        Ok(Node {
+            shared,
+            events: events_rx,
+            threads: Mutex::new(Some(NodeThreads {
+                acceptor,
+                maintenance,
+                stop_maintenance,
+            })),
+        })
+    }
+
+    /// This node's random id.
+    pub fn id(&self) -> NodeId {
+        self.shared.id
+    }
+
+    /// The address the listener is bound to, with the real port when 0 was asked for.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// The address peers are expected to list this node under.
+    pub fn advertised_addr(&self) -> SocketAddr {
+        self.shared.own_addr()
+    }
+
+    /// The node's events. Every clone shares one queue, so usually one consumer takes
+    /// them all. Events pile up (up to `max_pending_events`, then new ones are dropped
+    /// and counted) until someone receives them.
+    pub fn events(&self) -> Receiver<Event> {
+        self.events.clone()
+    }
+
+    /// Links to the node at `addr` (its listen address), or returns the existing link.
+    /// Blocks until the handshake is done or failed: at most the connect timeout plus
+    /// the handshake timeout. The address is remembered and redialled if the link
+    /// drops (the C++ `connectToPeer`).
+    pub fn connect_to_peer(&self, addr: SocketAddr) -> Result<PeerInfo, Error> {
+        let shared = &self.shared;
+        if !shared.is_running() {
+            return Err(Error::NotRunning);
+        }
+        if !is_dialable(&addr) {
+            return Err(Error::BadAddress(format!("{addr} cannot be dialled")));
+        }
+        if addr == shared.local_addr || shared.addrs.lock().is_own(&addr) {
+            return Err(Error::SelfDial(addr));
+        }
+        let existing = shared.table.lock().by_addr(&addr);
+        if let Some(link) = existing {
+            return Ok(link.info());
+        }
+        shared.addrs.lock().learn(addr, Instant::now());
+        let wait = shared.config.connect_timeout + shared.config.handshake_timeout;
+        let (tx, rx) = bounded(1);
+        match PeerConnectionFactory::new(Arc::clone(shared)).dial(addr, Some(tx)) {
+            Ok(()) => match rx.recv_timeout(wait + Duration::from_secs(1)) {
+                Ok(result) => result,
+                Err(_) => Err(Error::Handshake {
+                    addr,
+                    reason: "no answer in time".into(),
+                }),
+            },
+            // Someone else (maintenance) is dialling it: wait for that dial's link.
+            Err(Error::Handshake { .. }) => {
+                let deadline = Instant::now() + wait;
+                while Instant::now() < deadline {
+                    let link = shared.table.lock().by_addr(&addr);
+                    if let Some(link) = link {
+                        return Ok(link.info());
+                    }
+                    if !shared.table.lock().dialing().contains(&addr) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(Error::Handshake {
+                    addr,
+                    reason: "the concurrent dial did not produce a link".into(),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends `text` to the peer listening at `addr`, dialling it first if there is no
+    /// link (the C++ `sendDataToPeer`). Returns once the message is queued on the link;
+    /// if the queue stays full for the peer timeout, the peer is dropped and
+    /// `PeerTooSlow` returned, so one stuck peer cannot hold the caller forever.
+    pub fn send_data_to_peer(&self, addr: SocketAddr, text: &str) -> Result<(), Error> {
+        let msg = P2PMessage::Data {
+            text: text.to_string(),
+        };
+        let frame = self.shared.checked_frame(&msg)?;
+        let link = self.shared.table.lock().by_addr(&addr);
+        let link = match link {
+            Some(l) => l,
+            None => {
+                let info = self.connect_to_peer(addr)?;
+                let link = self.shared.table.lock().get(info.node_id);
+                link.ok_or(Error::LinkClosed(addr))?
+            }
+        };
+        self.shared.send_blocking(&link, frame)
+    }
+
+    /// Floods `text` to every node of the overlay (the C++ `broadcastData`, which only
+    /// reached direct peers). Returns the number of links it was queued on; 0 means no
+    /// node will receive it.
+    pub fn broadcast_data(&self, text: &str) -> Result<usize, Error> {
+        let shared = &self.shared;
+        if !shared.is_running() {
+            return Err(Error::NotRunning);
+        }
+        let b = Broadcast {
+            origin: shared.id,
+            seq: shared.next_seq.fetch_add(1, Ordering::Relaxed),
+            hops: 1,
+            origin_addr: shared.own_addr(),
+            text: text.to_string(),
+        };
+        shared.seen.lock().insert((b.origin, b.seq), Instant::now());
+        let frame = shared.checked_frame(&P2PMessage::Broadcast(b))?;
+        let links = shared.table.lock().links();
+        let mut sent = 0;
+        for link in &links {
+            if shared.send_blocking(link, Arc::clone(&frame)).is_ok() {
+                sent += 1;
+            }
+        }
+        Ok(sent)
+    }
+
+    /// The live links (the C++ `printPeers`, minus the printing).
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        let links = self.shared.table.lock().links();
+        let mut v: Vec<PeerInfo> = links.iter().map(|l| l.info()).collect();
+        v.sort_by_key(|p| p.addr);
+        v
+    }
+
+    /// Every address in the address book.
+    pub fn known_addrs(&self) -> Vec<KnownAddr> {
+        self.shared.addrs.lock().entries()
+    }
+
+    /// Removes `addr` from the address book so it is not dialled again (a live link to
+    /// it stays up). Returns `false` if it was not known.
+    pub fn forget_addr(&self, addr: SocketAddr) -> bool {
+        self.shared.addrs.lock().remove(&addr)
+    }
+
+    /// Closes the link to the peer at `addr`, sending it LEAVE first (the C++
+    /// `removePeer`). Returns `false` if there was no such link. The address stays
+    /// known, so automatic dialing may link it again later.
+    pub fn remove_peer(&self, addr: SocketAddr) -> bool {
+        let link = self.shared.table.lock().by_addr(&addr);
+        match link {
+            Some(link) => {
+                self.shared.leave_link(&link, "removed locally");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Identity and counters.
+    pub fn info(&self) -> NodeInfo {
+        let s = &self.shared;
+        let (links, dialing, connections) = {
+            let t = s.table.lock();
+            (t.len(), t.dialing().len(), t.conn_count())
+        };
+        let known_addrs = s.addrs.lock().len();
+        let seen_ids = s.seen.lock().len();
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        NodeInfo {
+            node_id: s.id,
+            local_addr: s.local_addr,
+            advertised_addr: s.own_addr(),
+            network: s.config.network.clone(),
+            links,
+            target_links: s.config.target_links,
+            known_addrs,
+            dialing,
+            connections,
+            broadcasts_delivered: load(&s.stats.broadcasts_delivered),
+            duplicates_dropped: load(&s.stats.duplicates_dropped),
+            frames_forwarded: load(&s.stats.frames_forwarded),
+            slow_peers_dropped: load(&s.stats.slow_peers_dropped),
+            events_dropped: load(&s.stats.events_dropped),
+            seen_ids,
+        }
+    }
+
+    /// Whether `stop` has not been called yet.
+    pub fn is_running(&self) -> bool {
+        self.shared.is_running()
+    }
+
+    /// Sends LEAVE on every link, closes every socket and joins every thread the node
+    /// started. Idempotent; returns within about half a second plus the time a
+    /// thread needs to notice its socket closed.
+    pub fn stop(&self) {
+        let Some(threads) = self.threads.lock().take() else {
+            return;
+        };
+        let shared = &self.shared;
+        shared.running.store(false, Ordering::SeqCst);
+        log::info!("node {} stopping", shared.id);
+
+        drop(threads.stop_maintenance);
+        if threads.maintenance.join().is_err() {
+            log::error!("maintenance thread panicked");
+        }
+        wake_acceptor(shared.local_addr);
+        if threads.acceptor.join().is_err() {
+            log::error!("acceptor thread panicked");
+        }
+
+        let links = shared.table.lock().drain_links();
+        let leave: Arc<[u8]> = P2PMessage::Leave.encode().into();
+        for link in &links {
+            let queued = link
+                .tx
+                .try_send(Outbound::Frame(Arc::clone(&leave)))
+                .is_ok()
+                && link.tx.try_send(Outbound::Close).is_ok();
+            if !queued {
+                let _ = link.stream.shutdown(std::net::Shutdown::Both);
+            }
+            shared.emit(Event::PeerDown {
+                node_id: link.node_id,
+                addr: link.addr,
+                reason: "node stopped".into(),
+            });
+        }
+        drop(links);
+
+        let deadline = Instant::now() + GRACEFUL_CLOSE;
+        while Instant::now() < deadline && shared.table.lock().threads_running() > 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let streams = shared.table.lock().conn_streams();
+        for s in streams {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        loop {
+            let handles = shared.table.lock().take_threads(true);
+            if handles.is_empty() {
+                break;
+            }
+            for h in handles {
+                if h.join().is_err() {
+                    log::error!("a connection thread panicked");
+                }
+            }
+        }
+        log::info!("node {} stopped", shared.id);
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Parses `host:port` (a name is resolved), for the CLI and embedders that hold
+/// addresses as text. An IPv4 result is preferred, since that is what `peers` lists on
+/// a typical LAN.
+pub fn resolve_peer_addr(s: &str) -> Result<SocketAddr, Error> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if !s.contains(':') {
+        return Err(Error::BadAddress(format!("{s:?} has no port (host:port)")));
+    }
+    let addrs: Vec<SocketAddr> = s
+        .to_socket_addrs()
+        .map_err(|e| Error::BadAddress(format!("cannot resolve {s:?}: {e}")))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| Error::BadAddress(format!("{s:?} resolves to no address")))
+}
+
+/// Addresses that reach this node itself, so it never stores or dials them.
+fn own_addrs(config: &Config, local: SocketAddr) -> Vec<SocketAddr> {
+    let port = local.port();
+    let mut v = vec![local];
+    if local.ip().is_unspecified() {
+        v.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+        v.push(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port));
+    }
+    if let Some(a) = config.advertise {
+        v.push(a);
+    }
+    v
+}
+
+/// Where to connect to reach our own listener (an unspecified bind IP is reached on
+/// loopback).
+fn wake_addr(local: SocketAddr) -> SocketAddr {
+    match local.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, local.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, local.port()).into(),
+        _ => local,
+    }
+}
+
+/// Unblocks `accept()` by connecting to ourselves, after `running` was cleared.
+fn wake_acceptor(local: SocketAddr) {
+    let _ = TcpStream::connect_timeout(&wake_addr(local), Duration::from_secs(1));
+}
+
+/// The acceptor thread: hands every accepted socket to the factory (the C++
+/// `Poco::Net::TCPServer`).
+fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    let factory = PeerConnectionFactory::new(Arc::clone(&shared));
+    for stream in listener.incoming() {
+        if !shared.is_running() {
+            break;
+        }
+        match stream {
+            Ok(s) => match s.peer_addr() {
+                Ok(remote) => factory.create_connection(s, remote),
+                Err(e) => log::debug!("accepted socket has no peer address: {e}"),
+            },
+            Err(e) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                log::warn!("accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+impl Shared {
+    pub(crate) fn is_running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    pub(crate) fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Our JOIN for a connection whose other end is at `remote_ip`.
+    pub(crate) fn join_message(&self, remote_ip: IpAddr) -> P2PMessage {
+        let port = match self.config.advertise {
+            Some(a) => a.port(),
+            None => self.local_addr.port(),
+        };
+        P2PMessage::Join(Join {
+            version: PROTOCOL_VERSION,
+            node_id: self.id,
+            listen_port: port,
+            network: self.config.network.clone(),
+            advertise: self.config.advertise.map(|a| a.ip()),
+            observed: Some(remote_ip),
+        })
+    }
+
+    /// A peer told us the IP it sees us at; it names our broadcasts' origin.
+    pub(crate) fn set_observed_ip(&self, ip: IpAddr) {
+        if ip.is_unspecified() || self.config.advertise.is_some() {
+            return;
+        }
+        *self.observed_ip.lock() = Some(ip);
+        self.addrs
+            .lock()
+            .add_own(SocketAddr::new(ip, self.local_addr.port()));
+    }
+
+    /// The address peers know this node by.
+    pub(crate) fn own_addr(&self) -> SocketAddr {
+        if let Some(a) = self.config.advertise {
+            return a;
+        }
+        let observed = *self.observed_ip.lock();
+        let ip = observed.unwrap_or(wake_addr(self.local_addr).ip());
+        SocketAddr::new(ip, self.local_addr.port())
+    }
+
+    /// Encodes `msg` once, refusing it if it exceeds the frame limit.
+    fn checked_frame(&self, msg: &P2PMessage) -> Result<Arc<[u8]>, Error> {
+        let len = msg.encoded_len() - LEN_PREFIX;
+        if len > self.config.max_frame as usize {
+            return Err(Error::MessageTooLarge {
+                len,
+                max: self.config.max_frame,
+            });
+        }
+        Ok(msg.encode().into())
+    }
+
+    /// Hands an event to the application, or counts it as dropped when the application
+    /// has let `max_pending_events` pile up.
+    pub(crate) fn emit(&self, ev: Event) {
+        if self.events.len() >= self.config.max_pending_events {
+            let n = self.stats.events_dropped.fetch_add(1, Ordering::Relaxed);
+            if n % 10_000 == 0 {
+                log::warn!(
+                    "event queue full: the application is not consuming events ({} dropped)",
+                    n + 1
+                );
+            }
+            return;
+        }
+        let _ = self.events.send(ev);
+    }
+
+    /// Registers a link that completed its handshake (the C++ `handleJoin`, which the
+    /// original never called).
+    pub(crate) fn handle_join(&self, link: Arc<Link>) -> HandleJoin {
+        if !self.is_running() {
+            return HandleJoin::Refused("node is stopping".into());
+        }
+        let outcome = self
+            .table
+            .lock()
+            .insert(Arc::clone(&link), self.config.max_links);
+        match outcome {
+            Insert::Added { replaced } => {
+                let mut same_node = false;
+                for old in replaced {
+                    let _ = old.stream.shutdown(std::net::Shutdown::Both);
+                    if old.node_id == link.node_id {
+                        same_node = true;
+                    } else {
+                        log::info!(
+                            "{}: node {} replaced by node {} on the same address",
+                            old.addr,
+                            old.node_id,
+                            link.node_id
+                        );
+                        self.emit(Event::PeerDown {
+                            node_id: old.node_id,
+                            addr: old.addr,
+                            reason: "replaced by a new node on the same address".into(),
+                        });
+                    }
+                }
+                self.addrs.lock().mark_success(link.addr, Instant::now());
+                if !same_node {
+                    log::info!(
+                        "link up: {} ({}, {})",
+                        link.addr,
+                        link.node_id,
+                        link.direction.as_str()
+                    );
+                    self.emit(Event::PeerUp(link.info()));
+                }
+                HandleJoin::Linked
+            }
+            Insert::Kept(existing) => HandleJoin::Duplicate(existing),
+            Insert::Full => {
+                HandleJoin::Refused(format!("link limit {} reached", self.config.max_links))
+            }
+        }
+    }
+
+    /// Removes `link` from the table (if it is still the current link to that node),
+    /// reports `PeerDown`, and shuts the socket so both its threads end.
+    pub(crate) fn close_link(&self, link: &Link, reason: &str) {
+        let removed = self.table.lock().remove(link.node_id, link.conn_id);
+        if removed.is_some() {
+            self.emit(Event::PeerDown {
+                node_id: link.node_id,
+                addr: link.addr,
+                reason: reason.to_string(),
+            });
+        }
+        let _ = link.stream.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// Closes `link` politely: LEAVE, then a half-close once it is written.
+    pub(crate) fn leave_link(&self, link: &Link, reason: &str) {
+        let removed = self.table.lock().remove(link.node_id, link.conn_id);
+        if removed.is_some() {
+            self.emit(Event::PeerDown {
+                node_id: link.node_id,
+                addr: link.addr,
+                reason: reason.to_string(),
+            });
+        }
+        let leave: Arc<[u8]> = P2PMessage::Leave.encode().into();
+        let queued = link.tx.try_send(Outbound::Frame(leave)).is_ok()
+            && link.tx.try_send(Outbound::Close).is_ok();
+        if !queued {
+            let _ = link.stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Queues a frame without waiting, for the node's own threads. A full queue means the
+    /// peer stopped reading: it is dropped, so it can never delay anyone else.
+    pub(crate) fn queue_frame(&self, link: &Link, frame: Arc<[u8]>) -> bool {
+        match link.tx.try_send(Outbound::Frame(frame)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                self.drop_slow_peer(link);
+                false
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+
+    /// Queues a frame for the application, waiting up to the peer timeout for room:
+    /// backpressure for a caller sending faster than the link carries, but a peer
+    /// that stays stuck is dropped.
+    fn send_blocking(&self, link: &Link, frame: Arc<[u8]>) -> Result<(), Error> {
+        let timeout = self.config.peer_timeout;
+        match link.tx.send_timeout(Outbound::Frame(frame), timeout) {
+            Ok(()) => Ok(()),
+            Err(SendTimeoutError::Timeout(_)) => {
+                self.drop_slow_peer(link);
+                Err(Error::PeerTooSlow(link.addr))
+            }
+            Err(SendTimeoutError::Disconnected(_)) => Err(Error::LinkClosed(link.addr)),
+        }
+    }
+
+    fn drop_slow_peer(&self, link: &Link) {
+        log::warn!(
+            "{}: outbound queue full ({} frames), dropping the peer",
+            link.addr,
+            self.config.queue_len
+        );
+        self.stats
+            .slow_peers_dropped
+            .fetch_add(1, Ordering::Relaxed);
+        self.close_link(link, "outbound queue full");
+    }
+
+    /// Sends `link` the addresses we know: our other links first, then healthy known
+    /// addresses.
+    pub(crate) fn send_peer_list(&self, link: &Link) {
+        let mut addrs: Vec<SocketAddr> = {
+            let t = self.table.lock();
+            t.linked_addrs()
+                .into_iter()
+                .filter(|a| *a != link.addr)
+                .collect()
+        };
+        if addrs.len() < PEERS_PER_EXCHANGE {
+            let more = self.addrs.lock().healthy(PEERS_PER_EXCHANGE);
+            for a in more {
+                if addrs.len() >= PEERS_PER_EXCHANGE {
+                    break;
+                }
+                if a != link.addr && !addrs.contains(&a) {
+                    addrs.push(a);
+                }
+            }
+        }
+        let frame: Arc<[u8]> = P2PMessage::Peers { addrs }.encode().into();
+        self.queue_frame(link, frame);
+    }
+
+    /// Adds addresses from a peer's PEERS message, then dials if links are missing.
+    pub(crate) fn learn_addrs(self: &Arc<Self>, addrs: &[SocketAddr], from: &Link) {
+        let now = Instant::now();
+        let new = {
+            let mut book = self.addrs.lock();
+            addrs.iter().filter(|a| book.learn(**a, now)).count()
+        };
+        log::debug!(
+            "{}: peer list of {} addresses, {new} new",
+            from.addr,
+            addrs.len()
+        );
+        if new > 0 {
+            self.dial_more();
+        }
+    }
+
+    /// Starts dials towards `target_links` from the address book.
+    pub(crate) fn dial_more(self: &Arc<Self>) {
+        if !self.config.auto_dial || !self.is_running() {
+            return;
+        }
+        let (need, skip) = {
+            let t = self.table.lock();
+            let busy = t.len() + t.dialing().len();
+            let need = self.config.target_links.saturating_sub(busy);
+            if need == 0 {
+                return;
+            }
+            let mut skip = t.linked_addrs();
+            skip.extend(t.dialing().iter().copied());
+            (need, skip)
+        };
+        let candidates = self
+            .addrs
+            .lock()
+            .dial_candidates(Instant::now(), &skip, need);
+        for addr in candidates {
+            log::debug!("dialing {addr}");
+            if let Err(e) = PeerConnectionFactory::new(Arc::clone(self)).dial(addr, None) {
+                log::debug!("dial {addr} not started: {e}");
+            }
+        }
+    }
+
+    /// Bookkeeping at the end of a dial.
+    pub(crate) fn dial_finished(&self, addr: SocketAddr, ok: bool) {
+        self.table.lock().end_dial(&addr);
+        let mut book = self.addrs.lock();
+        if ok {
+            book.mark_success(addr, Instant::now());
+        } else {
+            book.mark_failure(addr, Instant::now());
+        }
+    }
+
+    /// A dial reached this node itself: never dial that address again.
+    pub(crate) fn mark_own_addr(&self, addr: SocketAddr) {
+        self.table.lock().end_dial(&addr);
+        self.addrs.lock().add_own(addr);
+    }
+
+    /// Delivers a broadcast once and forwards it on every other link while its hop
+    /// count is below the limit. `from` is `None` only for our own broadcasts.
+    pub(crate) fn handle_broadcast(&self, b: Broadcast, from: Option<&Arc<Link>>) {
+        if b.hops == 0 || b.hops > self.config.hop_limit {
+            log::warn!(
+                "dropping broadcast {}:{} with hop count {} (limit {})",
+                b.origin,
+                b.seq,
+                b.hops,
+                self.config.hop_limit
+            );
+            return;
+        }
+        if b.origin == self.id || !self.seen.lock().insert((b.origin, b.seq), Instant::now()) {
+            self.stats
+                .duplicates_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let forward = b.hops < self.config.hop_limit;
+        let frame: Option<Arc<[u8]>> = forward.then(|| {
+            P2PMessage::Broadcast(Broadcast {
+                hops: b.hops + 1,
+                ..b.clone()
+            })
+            .encode()
+            .into()
+        });
+        self.stats
+            .broadcasts_delivered
+            .fetch_add(1, Ordering::Relaxed);
+        self.emit(Event::Broadcast {
+            origin_id: b.origin,
+            origin: b.origin_addr,
+            hops: b.hops,
+            text: b.text,
+        });
+        if let Some(frame) = frame {
+            let links = self.table.lock().links();
+            for link in links {
+                let is_sender = from.is_some_and(|f| f.conn_id == link.conn_id);
+                if is_sender || link.node_id == b.origin {
+                    continue;
+                }
+                if self.queue_frame(&link, Arc::clone(&frame)) {
+                    self.stats.frames_forwarded.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}

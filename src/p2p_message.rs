@@ -1,0 +1,907 @@
+//! The wire codec: `MessageType` and `P2PMessage`, the Rust form of the C++ `P2PMessage.h`.
+//!
+//! The C++ original sent one text line per TCP connection (`"1|hello\n"`), with no length
+//! limit. Here every message is a length-prefixed binary frame on a persistent link:
+//!
+//! ```text
+//!  0               4       5
+//! +---------------+-------+------------------------------+
+//! | length: u32   | type  | body (length - 1 bytes)      |
+//! | big-endian    | u8    | layout depends on the type   |
+//! +---------------+-------+------------------------------+
+//! ```
+//!
+//! `length` counts the type byte and the body, never itself. It is checked against the
+//! configured maximum *before* any buffer is allocated, so a peer cannot make a node
+//! allocate what it asks for. `docs/PROTOCOL.md` gives every body layout byte by byte.
+//!
+//! Two levels, in the manner of smoltcp: [`read_frame`] turns a byte stream into one
+//! bounded frame (type byte + body), and [`P2PMessage::decode`] turns a frame into a typed
+//! message or a [`DecodeError`] saying exactly what was wrong. Nothing in this module
+//! panics on peer input: every field is read through the bounds-checked [`Body`] cursor.
+
+use std::fmt;
+use std::io::{self, Read};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use byteorder::{BigEndian, ByteOrder, WriteBytesExt};
+
+/// Version carried in every JOIN. A node closes links whose version differs, because
+/// this protocol has no negotiation: both sides must parse each other's frames.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Default cap on `length` (1 MiB). Large enough for any text a person types, small
+/// enough that a hostile length prefix costs at most this much memory per connection.
+pub const DEFAULT_MAX_FRAME: u32 = 1 << 20;
+
+/// Bytes in the length prefix.
+pub const LEN_PREFIX: usize = 4;
+
+/// Longest network name a JOIN may carry, in bytes.
+pub const MAX_NETWORK_NAME: usize = 64;
+
+/// Most entries one PEERS message may carry; a longer list is a decode error, so a
+/// peer cannot flood the address book through one frame.
+pub const MAX_PEERS_PER_MESSAGE: usize = 1000;
+
+/// A node's random 64-bit identity, chosen at every start.
+///
+/// Links are keyed by id rather than address, so one node reached through two
+/// addresses (or dialled by both sides at once) still ends up with one link, and a node
+/// recognises itself when it dials its own address.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub u64);
+
+impl NodeId {
+    /// A fresh id from the standard library's randomly seeded hasher. It is not a
+    /// secret (links are not authenticated yet), it only needs to differ between nodes.
+    pub fn random() -> NodeId {
+        use std::collections::hash_map::RandomState;
+        use std::hash::{BuildHasher, Hasher};
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let mut h = RandomState::new().build_hasher();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        h.write_u128(nanos);
+        h.write_u32(std::process::id());
+        h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+        NodeId(h.finish())
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeId({self})")
+    }
+}
+
+/// The message kinds, one-to-one with the C++ `enum class MessageType` (JOIN, DATA,
+/// PING, PONG, UNKNOWN) plus what a working overlay needs.
+///
+/// `Unknown(raw)` keeps the byte, so `u8 -> MessageType` never fails and the log can
+/// say which type arrived; the C++ `UNKNOWN` carried no value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MessageType {
+    /// Handshake, first frame in both directions.
+    Join,
+    /// A direct text message.
+    Data,
+    /// Heartbeat request carrying a nonce.
+    Ping,
+    /// Heartbeat answer echoing the nonce.
+    Pong,
+    /// Peer exchange: listen addresses the sender knows.
+    Peers,
+    /// Flooded text with an id, a hop count and the origin's address.
+    Broadcast,
+    /// Graceful goodbye: the receiver drops the link at once.
+    Leave,
+    /// Any other byte.
+    Unknown(u8),
+}
+
+impl From<u8> for MessageType {
+    fn from(b: u8) -> MessageType {
+        match b {
+            0 => MessageType::Join,
+            1 => MessageType::Data,
+            2 => MessageType::Ping,
+            3 => MessageType::Pong,
+            4 => MessageType::Peers,
+            5 => MessageType::Broadcast,
+            6 => MessageType::Leave,
+            other => MessageType::Unknown(other),
+        }
+    }
+}
+
+impl From<MessageType> for u8 {
+    fn from(t: MessageType) -> u8 {
+        match t {
+            MessageType::Join => 0,
+            MessageType::Data => 1,
+            MessageType::Ping => 2,
+            MessageType::Pong => 3,
+            MessageType::Peers => 4,
+            MessageType::Broadcast => 5,
+            MessageType::Leave => 6,
+            MessageType::Unknown(b) => b,
+        }
+    }
+}
+
+/// The handshake. Every connection starts with one JOIN in each direction; nothing else
+/// is accepted before it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Join {
+    /// Must equal [`PROTOCOL_VERSION`].
+    pub version: u16,
+    /// The sender's id.
+    pub node_id: NodeId,
+    /// The port the sender accepts connections on. Together with the IP the receiver
+    /// sees on the socket this is the address the sender is listed and dialled by.
+    pub listen_port: u16,
+    /// Overlays with different names refuse each other, so two networks on one LAN
+    /// cannot merge by accident.
+    pub network: String,
+    /// An IP that overrides the socket's source IP (`--advertise`), for nodes behind
+    /// an address the receiver cannot see; `None` means "use the socket's IP".
+    pub advertise: Option<IpAddr>,
+    /// The receiver's IP as the sender sees it, so a node bound to 0.0.0.0 learns the
+    /// address others know it by (used as the origin of its broadcasts).
+    pub observed: Option<IpAddr>,
+}
+
+/// A flooded message: delivered once by every node, forwarded on every link but the one
+/// it came in on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Broadcast {
+    /// The id of the node that first sent it; with `seq` the message's unique id.
+    pub origin: NodeId,
+    /// Per-origin sequence number.
+    pub seq: u64,
+    /// Links travelled so far; a node does not forward a message whose hop count has
+    /// reached its hop limit.
+    pub hops: u8,
+    /// The origin's listen address, for display: receivers several hops away have no
+    /// link to the origin to look it up.
+    pub origin_addr: SocketAddr,
+    /// The text, verbatim.
+    pub text: String,
+}
+
+/// One decoded frame. The C++ `struct P2PMessage { type; content; }` kept every payload
+/// as a string; here each type has its own typed fields, and
+/// [`message_type`](P2PMessage::message_type) gives the C++ `type`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum P2PMessage {
+    /// Handshake.
+    Join(Join),
+    /// A direct text message; the sender is the peer on the other end of the link.
+    Data {
+        /// The text, verbatim (UTF-8).
+        text: String,
+    },
+    /// Heartbeat request.
+    Ping {
+        /// Echoed in the PONG; the sender uses it to compute the round trip time.
+        nonce: u64,
+    },
+    /// Heartbeat answer.
+    Pong {
+        /// The nonce of the PING being answered.
+        nonce: u64,
+    },
+    /// Peer exchange.
+    Peers {
+        /// Listen addresses of nodes the sender knows.
+        addrs: Vec<SocketAddr>,
+    },
+    /// A flooded message.
+    Broadcast(Broadcast),
+    /// The sender is shutting down.
+    Leave,
+}
+
+/// Every way a frame can be wrong. The `Display` text names the number involved, because
+/// it goes straight into the log line that explains why a link was closed.
+#[derive(Debug)]
+pub enum DecodeError {
+    /// The length prefix was 0: a frame must at least carry its type byte.
+    Empty,
+    /// The length prefix exceeds the configured maximum; nothing was allocated.
+    TooLarge {
+        /// Declared length.
+        len: u32,
+        /// Configured maximum.
+        max: u32,
+    },
+    /// A type byte this version does not know.
+    UnknownType(u8),
+    /// The input ended inside a frame or a field.
+    Truncated {
+        /// Bytes the frame or field needed.
+        needed: usize,
+        /// Bytes that were there.
+        got: usize,
+    },
+    /// Bytes left over after the last field of a fixed-layout body.
+    TrailingBytes {
+        /// The type of the frame.
+        kind: MessageType,
+        /// How many bytes were left.
+        extra: usize,
+    },
+    /// Text that is not valid UTF-8.
+    BadUtf8,
+    /// An address family tag other than 4 or 6 (or 0 where "none" is allowed).
+    BadAddressFamily(u8),
+    /// A PEERS list longer than [`MAX_PEERS_PER_MESSAGE`].
+    TooManyPeers(usize),
+    /// A JOIN network name longer than [`MAX_NETWORK_NAME`].
+    NetworkNameTooLong(usize),
+    /// The socket failed (including a read timeout).
+    Io(io::Error),
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::Empty => write!(f, "empty frame (length 0)"),
+            DecodeError::TooLarge { len, max } => {
+                write!(f, "frame length {len} exceeds the maximum {max}")
+            }
+            DecodeError::UnknownType(t) => write!(f, "unknown message type {t}"),
+            DecodeError::Truncated { needed, got } => {
+                write!(f, "truncated input: needed {needed} bytes, got {got}")
+            }
+            DecodeError::TrailingBytes { kind, extra } => {
+                write!(f, "{extra} unexpected trailing bytes in a {kind:?} frame")
+            }
+            DecodeError::BadUtf8 => write!(f, "text is not valid UTF-8"),
+            DecodeError::BadAddressFamily(t) => write!(f, "bad address family tag {t}"),
+            DecodeError::TooManyPeers(n) => write!(
+                f,
+                "peer list of {n} entries exceeds the maximum {MAX_PEERS_PER_MESSAGE}"
+            ),
+            DecodeError::NetworkNameTooLong(n) => write!(
+                f,
+                "network name of {n} bytes exceeds the maximum {MAX_NETWORK_NAME}"
+            ),
+            DecodeError::Io(e) => write!(f, "i/o error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DecodeError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for DecodeError {
+    fn from(e: io::Error) -> DecodeError {
+        DecodeError::Io(e)
+    }
+}
+
+/// Reads one frame (type byte + body) from a stream.
+///
+/// Returns `Ok(None)` on a clean end of stream *between* frames (the peer closed), and
+/// `Truncated` when the stream ends inside one. The length is checked against
+/// `max_frame` before the body buffer is allocated. Blocks until a whole frame is in,
+/// or the reader's timeout fires (`Io`).
+pub fn read_frame<R: Read>(r: &mut R, max_frame: u32) -> Result<Option<Vec<u8>>, DecodeError> {
+    let mut head = [0u8; LEN_PREFIX];
+    let got = read_full(r, &mut head)?;
+    if got == 0 {
+        return Ok(None);
+    }
+    if got < LEN_PREFIX {
+        return Err(DecodeError::Truncated {
+            needed: LEN_PREFIX,
+            got,
+        });
+    }
+    let len = BigEndian::read_u32(&head);
+    if len == 0 {
+        return Err(DecodeError::Empty);
+    }
+    if len > max_frame {
+        return Err(DecodeError::TooLarge {
+            len,
+            max: max_frame,
+        });
+    }
+    let mut frame = vec![0u8; len as usize]; // bounded by max_frame, checked above
+    let got = read_full(r, &mut frame)?;
+    if got < frame.len() {
+        return Err(DecodeError::Truncated {
+            needed: frame.len(),
+            got,
+        });
+    }
+    Ok(Some(frame))
+}
+
+/// Fills `buf` unless the stream ends first; returns how many bytes arrived. Unlike
+/// `read_exact` it reports the count, which the `Truncated` error carries.
+fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+impl P2PMessage {
+    /// The C++ `type` field of this message.
+    pub fn message_type(&self) -> MessageType {
+        match self {
+            P2PMessage::Join(_) => MessageType::Join,
+            P2PMessage::Data { .. } => MessageType::Data,
+            P2PMessage::Ping { .. } => MessageType::Ping,
+            P2PMessage::Pong { .. } => MessageType::Pong,
+            P2PMessage::Peers { .. } => MessageType::Peers,
+            P2PMessage::Broadcast(_) => MessageType::Broadcast,
+            P2PMessage::Leave => MessageType::Leave,
+        }
+    }
+
+    /// The whole frame, length prefix included, ready to write to a socket
+    /// (the C++ `serialize()`).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(self.encoded_len());
+        self.encode_into(&mut buf);
+        buf
+    }
+
+    /// Appends the whole frame to `buf`, so a writer can batch several frames.
+    pub fn encode_into(&self, buf: &mut Vec<u8>) {
+        let start = buf.len();
+        buf.extend_from_slice(&[0; LEN_PREFIX]);
+        buf.push(self.message_type().into());
+        // Writing into a Vec cannot fail, so the io::Results below are always Ok.
+        match self {
+            P2PMessage::Join(j) => {
+                let _ = buf.write_u16::<BigEndian>(j.version);
+                let _ = buf.write_u64::<BigEndian>(j.node_id.0);
+                let _ = buf.write_u16::<BigEndian>(j.listen_port);
+                put_str8(buf, &j.network);
+                put_ip(buf, j.advertise.as_ref());
+                put_ip(buf, j.observed.as_ref());
+            }
+            P2PMessage::Data { text } => buf.extend_from_slice(text.as_bytes()),
+            P2PMessage::Ping { nonce } | P2PMessage::Pong { nonce } => {
+                let _ = buf.write_u64::<BigEndian>(*nonce);
+            }
+            P2PMessage::Peers { addrs } => {
+                let _ = buf.write_u16::<BigEndian>(addrs.len().min(u16::MAX as usize) as u16);
+                for a in addrs.iter().take(u16::MAX as usize) {
+                    put_socket_addr(buf, a);
+                }
+            }
+            P2PMessage::Broadcast(b) => {
+                let _ = buf.write_u64::<BigEndian>(b.origin.0);
+                let _ = buf.write_u64::<BigEndian>(b.seq);
+                buf.push(b.hops);
+                put_socket_addr(buf, &b.origin_addr);
+                buf.extend_from_slice(b.text.as_bytes());
+            }
+            P2PMessage::Leave => {}
+        }
+        let len = (buf.len() - start - LEN_PREFIX) as u32;
+        BigEndian::write_u32(&mut buf[start..start + LEN_PREFIX], len);
+    }
+
+    /// Size of [`encode`](P2PMessage::encode)'s output, prefix included; senders compare
+    /// `encoded_len() - 4` with the maximum frame size before queueing.
+    pub fn encoded_len(&self) -> usize {
+        let body = match self {
+            P2PMessage::Join(j) => {
+                2 + 8 + 2 + 1 + j.network.len() + ip_len(j.advertise) + ip_len(j.observed)
+            }
+            P2PMessage::Data { text } => text.len(),
+            P2PMessage::Ping { .. } | P2PMessage::Pong { .. } => 8,
+            P2PMessage::Peers { addrs } => {
+                2 + addrs
+                    .iter()
+                    .take(u16::MAX as usize)
+                    .map(|a| ip_len(Some(a.ip())) + 2)
+                    .sum::<usize>()
+            }
+            P2PMessage::Broadcast(b) => {
+                8 + 8 + 1 + ip_len(Some(b.origin_addr.ip())) + 2 + b.text.len()
+            }
+            P2PMessage::Leave => 0,
+        };
+        LEN_PREFIX + 1 + body
+    }
+
+    /// Decodes one frame as returned by [`read_frame`]: type byte first, no length
+    /// prefix (the C++ `deserialize`). Never panics; every malformed input is a
+    /// [`DecodeError`].
+    pub fn decode(frame: &[u8]) -> Result<P2PMessage, DecodeError> {
+        let mut b = Body::new(frame);
+        let kind = MessageType::from(b.u8()?);
+        let msg = match kind {
+            MessageType::Join => {
+                let version = b.u16()?;
+                let node_id = NodeId(b.u64()?);
+                let listen_port = b.u16()?;
+                let name_len = b.u8()? as usize;
+                if name_len > MAX_NETWORK_NAME {
+                    return Err(DecodeError::NetworkNameTooLong(name_len));
+                }
+                let network = utf8(b.take(name_len)?)?;
+                let advertise = b.ip()?;
+                let observed = b.ip()?;
+                // Later versions may append fields; version 1 ignores them.
+                return Ok(P2PMessage::Join(Join {
+                    version,
+                    node_id,
+                    listen_port,
+                    network,
+                    advertise,
+                    observed,
+                }));
+            }
+            MessageType::Data => P2PMessage::Data {
+                text: utf8(b.rest())?,
+            },
+            MessageType::Ping => P2PMessage::Ping { nonce: b.u64()? },
+            MessageType::Pong => P2PMessage::Pong { nonce: b.u64()? },
+            MessageType::Peers => {
+                let n = b.u16()? as usize;
+                if n > MAX_PEERS_PER_MESSAGE {
+                    return Err(DecodeError::TooManyPeers(n));
+                }
+                let mut addrs = Vec::with_capacity(n); // n <= MAX_PEERS_PER_MESSAGE
+                for _ in 0..n {
+                    addrs.push(b.socket_addr()?);
+                }
+                P2PMessage::Peers { addrs }
+            }
+            MessageType::Broadcast => {
+                let origin = NodeId(b.u64()?);
+                let seq = b.u64()?;
+                let hops = b.u8()?;
+                let origin_addr = b.socket_addr()?;
+                let text = utf8(b.rest())?;
+                P2PMessage::Broadcast(Broadcast {
+                    origin,
+                    seq,
+                    hops,
+                    origin_addr,
+                    text,
+                })
+            }
+            MessageType::Leave => P2PMessage::Leave,
+            MessageType::Unknown(t) => return Err(DecodeError::UnknownType(t)),
+        };
+        if b.remaining() > 0 {
+            return Err(DecodeError::TrailingBytes {
+                kind,
+                extra: b.remaining(),
+            });
+        }
+        Ok(msg)
+    }
+}
+
+const FAMILY_NONE: u8 = 0;
+const FAMILY_V4: u8 = 4;
+const FAMILY_V6: u8 = 6;
+
+fn ip_len(ip: Option<IpAddr>) -> usize {
+    match ip {
+        None => 1,
+        Some(IpAddr::V4(_)) => 1 + 4,
+        Some(IpAddr::V6(_)) => 1 + 16,
+    }
+}
+
+fn put_ip(buf: &mut Vec<u8>, ip: Option<&IpAddr>) {
+    match ip {
+        None => buf.push(FAMILY_NONE),
+        Some(IpAddr::V4(v4)) => {
+            buf.push(FAMILY_V4);
+            buf.extend_from_slice(&v4.octets());
+        }
+        Some(IpAddr::V6(v6)) => {
+            buf.push(FAMILY_V6);
+            buf.extend_from_slice(&v6.octets());
+        }
+    }
+}
+
+fn put_socket_addr(buf: &mut Vec<u8>, a: &SocketAddr) {
+    put_ip(buf, Some(&a.ip()));
+    let _ = buf.write_u16::<BigEndian>(a.port());
+}
+
+/// Network names longer than a u8 length are cut at a character boundary; `Config`
+/// refuses them earlier, this only keeps `encode` total.
+fn put_str8(buf: &mut Vec<u8>, s: &str) {
+    let mut end = s.len().min(MAX_NETWORK_NAME);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    buf.push(end as u8);
+    buf.extend_from_slice(&s.as_bytes()[..end]);
+}
+
+fn utf8(bytes: &[u8]) -> Result<String, DecodeError> {
+    std::str::from_utf8(bytes)
+        .map(str::to_owned)
+        .map_err(|_| DecodeError::BadUtf8)
+}
+
+/// A bounds-checked cursor over a frame. Every accessor returns `Truncated` instead of
+/// indexing past the end, so the decoder needs no slicing of its own.
+struct Body<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Body<'a> {
+    fn new(buf: &'a [u8]) -> Body<'a> {
+        Body { buf, pos: 0 }
+    }
+
+    fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let rest = &self.buf[self.pos..];
+        match rest.get(..n) {
+            Some(s) => {
+                self.pos += n;
+                Ok(s)
+            }
+            None => Err(DecodeError::Truncated {
+                needed: n,
+                got: rest.len(),
+            }),
+        }
+    }
+
+    fn rest(&mut self) -> &'a [u8] {
+        let rest = &self.buf[self.pos..];
+        self.pos = self.buf.len();
+        rest
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(BigEndian::read_u16(self.take(2)?))
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(BigEndian::read_u64(self.take(8)?))
+    }
+
+    fn ip(&mut self) -> Result<Option<IpAddr>, DecodeError> {
+        match self.u8()? {
+            FAMILY_NONE => Ok(None),
+            FAMILY_V4 => {
+                let o = self.take(4)?;
+                Ok(Some(IpAddr::V4(Ipv4Addr::new(o[0], o[1], o[2], o[3]))))
+            }
+            FAMILY_V6 => {
+                let mut o = [0u8; 16];
+                o.copy_from_slice(self.take(16)?);
+                Ok(Some(IpAddr::V6(Ipv6Addr::from(o))))
+            }
+            other => Err(DecodeError::BadAddressFamily(other)),
+        }
+    }
+
+    fn socket_addr(&mut self) -> Result<SocketAddr, DecodeError> {
+        match self.ip()? {
+            Some(ip) => Ok(SocketAddr::new(ip, self.u16()?)),
+            None => Err(DecodeError::BadAddressFamily(FAMILY_NONE)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("test address")
+    }
+
+    fn all_messages() -> Vec<P2PMessage> {
+        vec![
+            P2PMessage::Join(Join {
+                version: PROTOCOL_VERSION,
+                node_id: NodeId(0x0102_0304_0506_0708),
+                listen_port: 9000,
+                network: "lan".into(),
+                advertise: Some("10.0.0.7".parse().expect("ip")),
+                observed: Some("::1".parse().expect("ip")),
+            }),
+            P2PMessage::Join(Join {
+                version: PROTOCOL_VERSION,
+                node_id: NodeId(7),
+                listen_port: 1,
+                network: String::new(),
+                advertise: None,
+                observed: None,
+            }),
+            P2PMessage::Data {
+                text: "Hello from Node B! ünïcødé".into(),
+            },
+            P2PMessage::Data {
+                text: String::new(),
+            },
+            P2PMessage::Ping { nonce: u64::MAX },
+            P2PMessage::Pong { nonce: 42 },
+            P2PMessage::Peers {
+                addrs: vec![addr("127.0.0.1:9000"), addr("[::1]:9001")],
+            },
+            P2PMessage::Peers { addrs: vec![] },
+            P2PMessage::Broadcast(Broadcast {
+                origin: NodeId(9),
+                seq: 3,
+                hops: 2,
+                origin_addr: addr("192.168.1.2:9000"),
+                text: "to everyone".into(),
+            }),
+            P2PMessage::Leave,
+        ]
+    }
+
+    fn decode_stream(bytes: &[u8]) -> Result<P2PMessage, DecodeError> {
+        let mut r = bytes;
+        let frame = read_frame(&mut r, DEFAULT_MAX_FRAME)?.expect("a frame");
+        P2PMessage::decode(&frame)
+    }
+
+    #[test]
+    fn every_type_round_trips() {
+        for m in all_messages() {
+            let bytes = m.encode();
+            assert_eq!(bytes.len(), m.encoded_len(), "{m:?}");
+            assert_eq!(decode_stream(&bytes).expect("decodes"), m);
+        }
+    }
+
+    #[test]
+    fn message_type_byte_round_trips() {
+        for b in 0..=255u8 {
+            assert_eq!(u8::from(MessageType::from(b)), b);
+        }
+        assert_eq!(MessageType::from(7), MessageType::Unknown(7));
+    }
+
+    #[test]
+    fn golden_data_frame() {
+        let bytes = P2PMessage::Data { text: "hi".into() }.encode();
+        assert_eq!(bytes, [0, 0, 0, 3, 1, b'h', b'i']);
+    }
+
+    #[test]
+    fn golden_ping_and_leave() {
+        assert_eq!(
+            P2PMessage::Ping { nonce: 0x0102 }.encode(),
+            [0, 0, 0, 9, 2, 0, 0, 0, 0, 0, 0, 1, 2]
+        );
+        assert_eq!(P2PMessage::Leave.encode(), [0, 0, 0, 1, 6]);
+    }
+
+    #[test]
+    fn golden_join_frame() {
+        let j = P2PMessage::Join(Join {
+            version: 1,
+            node_id: NodeId(0xAB),
+            listen_port: 9000,
+            network: "n".into(),
+            advertise: None,
+            observed: Some("127.0.0.1".parse().expect("ip")),
+        });
+        #[rustfmt::skip]
+        let want = [
+            0, 0, 0, 21,                  // length: type + 20 body bytes
+            0,                            // JOIN
+            0, 1,                         // version
+            0, 0, 0, 0, 0, 0, 0, 0xAB,    // node id
+            0x23, 0x28,                   // listen port 9000
+            1, b'n',                      // network name
+            0,                            // advertise: none
+            4, 127, 0, 0, 1,              // observed: 127.0.0.1
+        ];
+        assert_eq!(j.encode(), want);
+    }
+
+    #[test]
+    fn golden_peers_and_broadcast() {
+        let p = P2PMessage::Peers {
+            addrs: vec![addr("10.1.2.3:80")],
+        };
+        assert_eq!(p.encode(), [0, 0, 0, 10, 4, 0, 1, 4, 10, 1, 2, 3, 0, 80]);
+        let b = P2PMessage::Broadcast(Broadcast {
+            origin: NodeId(1),
+            seq: 2,
+            hops: 3,
+            origin_addr: addr("1.2.3.4:5"),
+            text: "x".into(),
+        });
+        #[rustfmt::skip]
+        let want = [
+            0, 0, 0, 26, 5,
+            0, 0, 0, 0, 0, 0, 0, 1,  // origin
+            0, 0, 0, 0, 0, 0, 0, 2,  // seq
+            3,                       // hops
+            4, 1, 2, 3, 4, 0, 5,     // origin address
+            b'x',
+        ];
+        assert_eq!(b.encode(), want);
+    }
+
+    #[test]
+    fn clean_eof_between_frames_is_none() {
+        let mut r: &[u8] = &[];
+        assert!(read_frame(&mut r, 100).expect("no error").is_none());
+    }
+
+    #[test]
+    fn short_header_is_truncated() {
+        let mut r: &[u8] = &[0, 0];
+        match read_frame(&mut r, 100) {
+            Err(DecodeError::Truncated { needed: 4, got: 2 }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn zero_length_is_empty() {
+        let mut r: &[u8] = &[0, 0, 0, 0];
+        assert!(matches!(read_frame(&mut r, 100), Err(DecodeError::Empty)));
+    }
+
+    #[test]
+    fn length_over_limit_is_refused_before_reading_body() {
+        let mut r: &[u8] = &[0xFF, 0xFF, 0xFF, 0xFF];
+        match read_frame(&mut r, DEFAULT_MAX_FRAME) {
+            Err(DecodeError::TooLarge { len, max }) => {
+                assert_eq!(len, u32::MAX);
+                assert_eq!(max, DEFAULT_MAX_FRAME);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let mut r: &[u8] = &[0, 0, 0, 101, 1];
+        assert!(matches!(
+            read_frame(&mut r, 100),
+            Err(DecodeError::TooLarge { len: 101, max: 100 })
+        ));
+    }
+
+    #[test]
+    fn truncated_body() {
+        let mut r: &[u8] = &[0, 0, 0, 5, 1, b'a'];
+        assert!(matches!(
+            read_frame(&mut r, 100),
+            Err(DecodeError::Truncated { needed: 5, got: 2 })
+        ));
+        // A frame that is whole but whose field is cut short.
+        assert!(matches!(
+            P2PMessage::decode(&[2, 0, 0, 0]),
+            Err(DecodeError::Truncated { needed: 8, got: 3 })
+        ));
+    }
+
+    #[test]
+    fn unknown_type() {
+        assert!(matches!(
+            decode_stream(&[0, 0, 0, 2, 200, 0]),
+            Err(DecodeError::UnknownType(200))
+        ));
+    }
+
+    #[test]
+    fn bad_utf8_in_data_and_broadcast() {
+        assert!(matches!(
+            P2PMessage::decode(&[1, 0xFF, 0xFE]),
+            Err(DecodeError::BadUtf8)
+        ));
+        let mut b = P2PMessage::Broadcast(Broadcast {
+            origin: NodeId(1),
+            seq: 1,
+            hops: 0,
+            origin_addr: addr("1.2.3.4:5"),
+            text: String::new(),
+        })
+        .encode();
+        b.push(0xC3); // a lone UTF-8 lead byte after the (empty) text
+        let frame = &b[LEN_PREFIX..];
+        assert!(matches!(
+            P2PMessage::decode(frame),
+            Err(DecodeError::BadUtf8)
+        ));
+    }
+
+    #[test]
+    fn trailing_bytes_after_fixed_body() {
+        assert!(matches!(
+            P2PMessage::decode(&[6, 0]),
+            Err(DecodeError::TrailingBytes {
+                kind: MessageType::Leave,
+                extra: 1
+            })
+        ));
+    }
+
+    #[test]
+    fn bad_address_family() {
+        assert!(matches!(
+            P2PMessage::decode(&[4, 0, 1, 5, 1, 2, 3, 4, 0, 1]),
+            Err(DecodeError::BadAddressFamily(5))
+        ));
+        // "none" is not allowed where a full address is required.
+        assert!(matches!(
+            P2PMessage::decode(&[4, 0, 1, 0]),
+            Err(DecodeError::BadAddressFamily(0))
+        ));
+    }
+
+    #[test]
+    fn too_many_peers() {
+        assert!(matches!(
+            P2PMessage::decode(&[4, 0xFF, 0xFF]),
+            Err(DecodeError::TooManyPeers(65535))
+        ));
+    }
+
+    #[test]
+    fn network_name_too_long() {
+        let mut f = vec![0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 200];
+        f.extend(std::iter::repeat(b'x').take(200));
+        assert!(matches!(
+            P2PMessage::decode(&f),
+            Err(DecodeError::NetworkNameTooLong(200))
+        ));
+    }
+
+    #[test]
+    fn decode_of_every_prefix_never_panics() {
+        for m in all_messages() {
+            let bytes = m.encode();
+            let frame = &bytes[LEN_PREFIX..];
+            for cut in 0..frame.len() {
+                let _ = P2PMessage::decode(&frame[..cut]);
+            }
+        }
+    }
+
+    #[test]
+    fn node_ids_differ() {
+        let a = NodeId::random();
+        let b = NodeId::random();
+        assert_ne!(a, b);
+        assert_eq!(format!("{}", NodeId(0xab)), "00000000000000ab");
+    }
+}

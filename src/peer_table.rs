@@ -1,0 +1,245 @@
+//! `PeerTable`: the linked peers, each with the sending end of its outbound queue, plus
+//! every open socket and connection thread so `stop()` can close and join them.
+//!
+//! This is the C++ `std::set<std::string> peers` grown into what it needed to be. It
+//! does no I/O and never blocks: callers copy what they need out (an `Arc<Link>`, a
+//! `Vec` of them), let the guard drop, then write. The one-link-per-pair rule lives in
+//! [`PeerTable::insert`], where both ends of a connection apply it alike.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use crate::event::{Direction, PeerInfo};
+use crate::p2p_message::NodeId;
+
+/// One item for a link's writer thread.
+pub(crate) enum Outbound {
+    /// A whole encoded frame, shared when the same frame goes to many links.
+    Frame(Arc<[u8]>),
+    /// Flush what is queued, half-close the socket and stop: the graceful end of a
+    /// link after LEAVE.
+    Close,
+}
+
+/// Marks an RTT that has not been measured yet.
+const NO_RTT: u64 = u64::MAX;
+
+/// A live link: identity, queue, and the counters the reader and the maintenance
+/// thread update without taking the table lock.
+pub(crate) struct Link {
+    /// Unique per connection, so a closing duplicate never removes its replacement.
+    pub conn_id: u64,
+    pub node_id: NodeId,
+    /// The peer's listen address.
+    pub addr: SocketAddr,
+    pub direction: Direction,
+    /// Orders duplicate connections between the same pair; see [`PeerTable::insert`].
+    pub dial_key: (NodeId, u16),
+    pub tx: Sender<Outbound>,
+    /// A clone of the socket, only to `shutdown` it from another thread.
+    pub stream: TcpStream,
+    pub connected_at: Instant,
+    /// Milliseconds since the node's epoch when a frame last arrived.
+    pub last_seen_ms: AtomicU64,
+    /// Milliseconds since the node's epoch when the last PING was queued.
+    pub last_ping_ms: AtomicU64,
+    /// Last measured round trip in microseconds, or `NO_RTT`.
+    pub rtt_us: AtomicU64,
+}
+
+impl Link {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        conn_id: u64,
+        node_id: NodeId,
+        addr: SocketAddr,
+        direction: Direction,
+        dial_key: (NodeId, u16),
+        tx: Sender<Outbound>,
+        stream: TcpStream,
+        now_ms: u64,
+    ) -> Link {
+        Link {
+            conn_id,
+            node_id,
+            addr,
+            direction,
+            dial_key,
+            tx,
+            stream,
+            connected_at: Instant::now(),
+            last_seen_ms: AtomicU64::new(now_ms),
+            last_ping_ms: AtomicU64::new(now_ms),
+            rtt_us: AtomicU64::new(NO_RTT),
+        }
+    }
+
+    pub(crate) fn set_rtt(&self, rtt: Duration) {
+        let us = u64::try_from(rtt.as_micros()).unwrap_or(NO_RTT - 1);
+        self.rtt_us.store(us, Ordering::Relaxed);
+    }
+
+    pub(crate) fn info(&self) -> PeerInfo {
+        let rtt = match self.rtt_us.load(Ordering::Relaxed) {
+            NO_RTT => None,
+            us => Some(Duration::from_micros(us)),
+        };
+        PeerInfo {
+            node_id: self.node_id,
+            addr: self.addr,
+            direction: self.direction,
+            rtt,
+            connected_for: self.connected_at.elapsed(),
+        }
+    }
+}
+
+/// What [`PeerTable::insert`] decided.
+pub(crate) enum Insert {
+    /// The new link is live. `replaced` are older links it superseded: a duplicate
+    /// connection to the same node, or a stale entry for a node that restarted on the
+    /// same address with a new id.
+    Added { replaced: Vec<Arc<Link>> },
+    /// The pair already has a link that wins over the new connection; close the new one.
+    Kept(Arc<Link>),
+    /// `max_links` reached.
+    Full,
+}
+
+/// Links by node id, open sockets by connection id, and connection threads.
+#[derive(Default)]
+pub(crate) struct PeerTable {
+    links: HashMap<NodeId, Arc<Link>>,
+    /// Every open connection, handshaking or linked, to shut it down on stop.
+    conns: HashMap<u64, TcpStream>,
+    /// Connection threads (each joins its own writer); reaped by maintenance.
+    threads: Vec<JoinHandle<()>>,
+    /// Addresses with a dial in progress, so one address is dialled once at a time.
+    dialing: HashSet<SocketAddr>,
+}
+
+impl PeerTable {
+    /// Adds a link that finished its handshake, keeping one link per pair of nodes.
+    ///
+    /// When two connections join the same pair (both dialled at once, or a dial
+    /// repeated), each side keeps the one with the smaller `dial_key`, the dialler's
+    /// id and source port, which both ends know alike, so both keep the *same* TCP
+    /// connection whatever order their handshakes finished in.
+    pub(crate) fn insert(&mut self, link: Arc<Link>, max_links: usize) -> Insert {
+        let mut replaced = Vec::new();
+        if let Some(old) = self.links.get(&link.node_id) {
+            if old.dial_key <= link.dial_key {
+                return Insert::Kept(Arc::clone(old));
+            }
+            replaced.push(Arc::clone(old));
+        } else if self.links.len() >= max_links {
+            return Insert::Full;
+        }
+        let stale: Vec<NodeId> = self
+            .links
+            .values()
+            .filter(|l| l.addr == link.addr && l.node_id != link.node_id)
+            .map(|l| l.node_id)
+            .collect();
+        for id in stale {
+            if let Some(l) = self.links.remove(&id) {
+                replaced.push(l);
+            }
+        }
+        self.links.insert(link.node_id, link);
+        Insert::Added { replaced }
+    }
+
+    /// Removes the link of `node_id` if it is still connection `conn_id`.
+    pub(crate) fn remove(&mut self, node_id: NodeId, conn_id: u64) -> Option<Arc<Link>> {
+        match self.links.get(&node_id) {
+            Some(l) if l.conn_id == conn_id => self.links.remove(&node_id),
+            _ => None,
+        }
+    }
+
+    /// Removes and returns every link (node shutdown).
+    pub(crate) fn drain_links(&mut self) -> Vec<Arc<Link>> {
+        self.links.drain().map(|(_, l)| l).collect()
+    }
+
+    pub(crate) fn get(&self, node_id: NodeId) -> Option<Arc<Link>> {
+        self.links.get(&node_id).cloned()
+    }
+
+    pub(crate) fn by_addr(&self, addr: &SocketAddr) -> Option<Arc<Link>> {
+        self.links.values().find(|l| l.addr == *addr).cloned()
+    }
+
+    pub(crate) fn links(&self) -> Vec<Arc<Link>> {
+        self.links.values().cloned().collect()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.links.len()
+    }
+
+    pub(crate) fn linked_addrs(&self) -> HashSet<SocketAddr> {
+        self.links.values().map(|l| l.addr).collect()
+    }
+
+    pub(crate) fn add_conn(&mut self, conn_id: u64, stream: TcpStream) {
+        self.conns.insert(conn_id, stream);
+    }
+
+    pub(crate) fn remove_conn(&mut self, conn_id: u64) {
+        self.conns.remove(&conn_id);
+    }
+
+    pub(crate) fn conn_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Clones of every open socket, to shut them down outside the lock.
+    pub(crate) fn conn_streams(&self) -> Vec<TcpStream> {
+        self.conns
+            .values()
+            .filter_map(|s| s.try_clone().ok())
+            .collect()
+    }
+
+    pub(crate) fn add_thread(&mut self, h: JoinHandle<()>) {
+        self.threads.push(h);
+    }
+
+    /// Takes the handles of threads that have finished (to join them outside the
+    /// lock); with `all`, takes every handle.
+    pub(crate) fn take_threads(&mut self, all: bool) -> Vec<JoinHandle<()>> {
+        if all {
+            return std::mem::take(&mut self.threads);
+        }
+        let (done, running) = std::mem::take(&mut self.threads)
+            .into_iter()
+            .partition(|h| h.is_finished());
+        self.threads = running;
+        done
+    }
+
+    pub(crate) fn threads_running(&self) -> usize {
+        self.threads.iter().filter(|h| !h.is_finished()).count()
+    }
+
+    /// Claims `addr` for a dial; `false` if one is already in progress.
+    pub(crate) fn start_dial(&mut self, addr: SocketAddr) -> bool {
+        self.dialing.insert(addr)
+    }
+
+    pub(crate) fn end_dial(&mut self, addr: &SocketAddr) {
+        self.dialing.remove(addr);
+    }
+
+    pub(crate) fn dialing(&self) -> &HashSet<SocketAddr> {
+        &self.dialing
+    }
+}
