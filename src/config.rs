@@ -180,7 +180,8 @@ mod tests {
 
     #[test]
     fn silly_values_are_refused() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Config)>)> = vec![
+        type Change = Box<dyn Fn(&mut Config)>;
+        let cases: Vec<(&str, Change)> = vec![
             ("network", Box::new(|c| c.network = "x".repeat(65))),
             (
                 "heartbeat",

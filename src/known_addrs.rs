@@ -9,13 +9,14 @@
 //! - The book holds at most `cap` entries; when full, the entry with the most failures
 //!   (then the longest unseen) makes room, but only for an address that is better.
 //! - A failed dial backs off exponentially, 1 s doubling up to 60 s. An address that
-//!   failed [`MAX_FAILURES`] times in a row and never worked is forgotten.
+//!   failed [`MAX_FAILURES`] times in a row (about four minutes of retries) is
+//!   forgotten; if it comes back, its node will dial us or be gossiped again.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
-/// Consecutive failures after which a never-successful address is forgotten.
+/// Consecutive failures after which an address is forgotten.
 pub const MAX_FAILURES: u32 = 8;
 
 /// First retry delay after a failed dial.
@@ -136,19 +137,27 @@ impl AddrBook {
         }
     }
 
-    /// A dial of `addr` failed: back off, or forget an address that never worked.
+    /// A dial of `addr` failed: back off, or forget an address that keeps failing.
     pub(crate) fn mark_failure(&mut self, addr: SocketAddr, now: Instant) {
         let Some(k) = self.map.get_mut(&addr) else {
             return;
         };
         k.failures = k.failures.saturating_add(1);
-        if k.failures >= MAX_FAILURES && k.last_success.is_none() {
+        if k.failures >= MAX_FAILURES {
             self.map.remove(&addr);
             return;
         }
         let shift = (k.failures - 1).min(16);
         let delay = BACKOFF_BASE.saturating_mul(1 << shift).min(BACKOFF_CAP);
         k.next_attempt = now + delay;
+    }
+
+    /// Holds off dialing `addr` until `until`: the peer said LEAVE, or the user
+    /// disconnected it, so an immediate redial would be wrong.
+    pub(crate) fn defer(&mut self, addr: &SocketAddr, until: Instant) {
+        if let Some(k) = self.map.get_mut(addr) {
+            k.next_attempt = k.next_attempt.max(until);
+        }
     }
 
     /// Removes an address (a user's `forget`, or a peer that said it is leaving).
@@ -261,7 +270,19 @@ mod tests {
         for _ in 2..MAX_FAILURES {
             b.mark_failure(x, now);
         }
-        assert_eq!(b.len(), 0, "never-successful address is forgotten");
+        assert_eq!(b.len(), 0, "an address that keeps failing is forgotten");
+    }
+
+    #[test]
+    fn defer_holds_off_a_dial() {
+        let mut b = AddrBook::new(10);
+        let now = Instant::now();
+        let x = a("10.0.0.1:1");
+        b.mark_success(x, now);
+        b.defer(&x, now + Duration::from_secs(30));
+        assert!(b.dial_candidates(now, &HashSet::new(), 5).is_empty());
+        let later = now + Duration::from_secs(31);
+        assert_eq!(b.dial_candidates(later, &HashSet::new(), 5), vec![x]);
     }
 
     #[test]

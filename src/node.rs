@@ -38,6 +38,10 @@ use crate::seen_cache::SeenCache;
 /// Most addresses sent in one PEERS message.
 const PEERS_PER_EXCHANGE: usize = 128;
 
+/// How long a node waits before redialing a peer that said LEAVE (or that the user
+/// disconnected): it is going away on purpose. A node that restarts dials us itself.
+pub(crate) const LEAVE_REDIAL_DELAY: Duration = Duration::from_secs(60);
+
 /// How long `stop` lets links close gracefully (LEAVE flushed, peer hangs up) before it
 /// shuts every socket down.
 const GRACEFUL_CLOSE: Duration = Duration::from_millis(300);
@@ -351,6 +355,7 @@ impl Node {
         match link {
             Some(link) => {
                 self.shared.leave_link(&link, "removed locally");
+                self.shared.defer_redial(&link.addr);
                 true
             }
             None => false,
@@ -555,12 +560,15 @@ impl Shared {
             Some(a) => a.port(),
             None => self.local_addr.port(),
         };
+        // A node bound to one IP can only be reached there, whatever source IP its
+        // outgoing connections happen to use, so it announces that IP.
+        let bound = Some(self.local_addr.ip()).filter(|ip| !ip.is_unspecified());
         P2PMessage::Join(Join {
             version: PROTOCOL_VERSION,
             node_id: self.id,
             listen_port: port,
             network: self.config.network.clone(),
-            advertise: self.config.advertise.map(|a| a.ip()),
+            advertise: self.config.advertise.map(|a| a.ip()).or(bound),
             observed: Some(remote_ip),
         })
     }
@@ -815,6 +823,12 @@ impl Shared {
         } else {
             book.mark_failure(addr, Instant::now());
         }
+    }
+
+    /// Keeps maintenance from redialing `addr` at once (see [`LEAVE_REDIAL_DELAY`]).
+    pub(crate) fn defer_redial(&self, addr: &SocketAddr) {
+        let until = Instant::now() + LEAVE_REDIAL_DELAY;
+        self.addrs.lock().defer(addr, until);
     }
 
     /// A dial reached this node itself: never dial that address again.

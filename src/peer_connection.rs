@@ -262,6 +262,9 @@ impl PeerConnection {
         // Heartbeats arrive every interval, so a read blocked far longer than the peer
         // timeout means the maintenance thread is not running; this is only a backstop.
         let _ = stream.set_read_timeout(Some(shared.config.peer_timeout * 4));
+        // A peer that accepts no bytes for this long is dead or hostile; the writer's
+        // error then closes the link.
+        let _ = stream.set_write_timeout(Some(shared.config.peer_timeout * 2));
         let mut reader = BufReader::with_capacity(READ_BUF, stream);
         loop {
             let frame = match read_frame(&mut reader, shared.config.max_frame) {
@@ -305,7 +308,10 @@ impl PeerConnection {
                 }
                 P2PMessage::Peers { addrs } => shared.learn_addrs(&addrs, link),
                 P2PMessage::Broadcast(b) => shared.handle_broadcast(b, Some(link)),
-                P2PMessage::Leave => return Closed::Normal("left".into()),
+                P2PMessage::Leave => {
+                    shared.defer_redial(&link.addr);
+                    return Closed::Normal("left".into());
+                }
             }
         }
     }
@@ -350,7 +356,8 @@ fn writer_loop(stream: TcpStream, rx: Receiver<Outbound>) {
             out.flush()?;
         }
     })();
-    drop(out);
+    // On error, discard what is buffered: flushing it could block on a dead peer.
+    let _ = out.into_parts();
     match result {
         // Graceful: the peer reads what we sent (e.g. LEAVE), then sees end of stream.
         Ok(_) => {
