@@ -243,3 +243,90 @@ impl PeerTable {
         &self.dialing
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A real connected socket, because a `Link` keeps one for `shutdown`.
+    fn socket() -> TcpStream {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let s = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let _ = l.accept().expect("accept");
+        s
+    }
+
+    fn link(conn_id: u64, node: u64, addr: &str, key: (u64, u16)) -> Arc<Link> {
+        let (tx, _rx) = crossbeam_channel::bounded(1);
+        Arc::new(Link::new(
+            conn_id,
+            NodeId(node),
+            addr.parse().expect("addr"),
+            Direction::Inbound,
+            (NodeId(key.0), key.1),
+            tx,
+            socket(),
+            0,
+        ))
+    }
+
+    #[test]
+    fn duplicate_connection_keeps_smaller_dial_key_in_any_order() {
+        let a = || link(1, 7, "127.0.0.1:9000", (3, 5000));
+        let b = || link(2, 7, "127.0.0.1:9000", (7, 4000));
+        // a first, then b: b loses.
+        let mut t = PeerTable::default();
+        assert!(matches!(t.insert(a(), 8), Insert::Added { .. }));
+        assert!(matches!(t.insert(b(), 8), Insert::Kept(l) if l.conn_id == 1));
+        // b first, then a: a replaces b.
+        let mut t = PeerTable::default();
+        assert!(matches!(t.insert(b(), 8), Insert::Added { .. }));
+        match t.insert(a(), 8) {
+            Insert::Added { replaced } => {
+                assert_eq!(replaced.len(), 1);
+                assert_eq!(replaced[0].conn_id, 2);
+            }
+            _ => panic!("a should replace b"),
+        }
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.get(NodeId(7)).map(|l| l.conn_id), Some(1));
+    }
+
+    #[test]
+    fn new_node_on_same_address_replaces_stale_entry() {
+        let mut t = PeerTable::default();
+        assert!(matches!(
+            t.insert(link(1, 7, "127.0.0.1:9000", (7, 1)), 8),
+            Insert::Added { .. }
+        ));
+        match t.insert(link(2, 8, "127.0.0.1:9000", (8, 1)), 8) {
+            Insert::Added { replaced } => assert_eq!(replaced[0].node_id, NodeId(7)),
+            _ => panic!("stale entry should be replaced"),
+        }
+        assert_eq!(t.len(), 1);
+        assert!(t.get(NodeId(7)).is_none());
+    }
+
+    #[test]
+    fn removal_only_by_current_connection() {
+        let mut t = PeerTable::default();
+        t.insert(link(1, 7, "127.0.0.1:9000", (7, 1)), 8);
+        assert!(
+            t.remove(NodeId(7), 99).is_none(),
+            "old duplicate must not remove"
+        );
+        assert!(t.remove(NodeId(7), 1).is_some());
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn max_links_is_enforced() {
+        let mut t = PeerTable::default();
+        t.insert(link(1, 1, "127.0.0.1:1", (1, 1)), 1);
+        assert!(matches!(
+            t.insert(link(2, 2, "127.0.0.1:2", (2, 1)), 1),
+            Insert::Full
+        ));
+    }
+}
