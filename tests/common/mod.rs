@@ -1,0 +1,354 @@
+//! Helpers shared by the integration tests: nodes on loopback that stop when dropped,
+//! bounded waits (never a bare sleep before an assertion), and a raw TCP peer that
+//! speaks the wire protocol by hand.
+//!
+//! Every wait here is bounded by a deadline, so a broken node fails a test instead of
+//! hanging it.
+
+// Each test binary compiles this module and uses a different part of it.
+#![allow(dead_code)]
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::ops::Deref;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError};
+use p2p_overlay::p2p_message::{read_frame, Join, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
+use p2p_overlay::{Config, Event, Node, NodeId, P2PMessage};
+
+/// How long any single wait may take before the test gives up. Generous, because two
+/// cores run many tests at once; a passing test never waits this long.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// How long to keep listening when checking that something does *not* happen (a second
+/// copy of a broadcast, a spurious `PeerDown`).
+pub const QUIET: Duration = Duration::from_millis(500);
+
+/// The network name nodes use unless a test sets another.
+pub fn default_network() -> String {
+    Config::default().network
+}
+
+pub fn localhost() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
+
+/// A running node and its event queue. Derefs to [`Node`]; dropping it stops the node.
+pub struct TestNode {
+    /// Shared with the thread that runs `stop`, so a hanging stop cannot hang a test.
+    pub node: Arc<Node>,
+    pub events: Receiver<Event>,
+    /// Every event the helpers below have taken off the queue, in order.
+    history: Mutex<Vec<Event>>,
+}
+
+/// Starts a node on 127.0.0.1 with an OS-chosen port, after `configure` has adjusted
+/// the default config.
+pub fn start_node(configure: impl FnOnce(&mut Config)) -> TestNode {
+    let mut config = Config::new(localhost(), 0);
+    configure(&mut config);
+    let node = Arc::new(Node::start(config).expect("node starts"));
+    let events = node.events();
+    TestNode {
+        node,
+        events,
+        history: Mutex::new(Vec::new()),
+    }
+}
+
+/// Starts `n` nodes with the same configuration.
+pub fn start_nodes(n: usize, configure: impl Fn(&mut Config)) -> Vec<TestNode> {
+    (0..n).map(|_| start_node(&configure)).collect()
+}
+
+impl Deref for TestNode {
+    type Target = Node;
+    fn deref(&self) -> &Node {
+        &self.node
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl TestNode {
+    /// The listen address: what other nodes dial and list this node by.
+    pub fn addr(&self) -> SocketAddr {
+        self.node.local_addr()
+    }
+
+    /// [`Node::stop`], failing the test if it does not return within [`DEADLINE`]
+    /// (instead of hanging it).
+    pub fn stop(&self) {
+        let node = Arc::clone(&self.node);
+        let (done_tx, done_rx) = bounded(1);
+        thread::spawn(move || {
+            node.stop();
+            let _ = done_tx.send(());
+        });
+        if done_rx.recv_timeout(DEADLINE).is_err() && !thread::panicking() {
+            panic!("Node::stop did not return within {DEADLINE:?}");
+        }
+    }
+
+    /// Listen addresses of the current links.
+    pub fn peer_addrs(&self) -> Vec<SocketAddr> {
+        self.peers().into_iter().map(|p| p.addr).collect()
+    }
+
+    /// Ids of the current links.
+    pub fn peer_ids(&self) -> Vec<NodeId> {
+        self.peers().into_iter().map(|p| p.node_id).collect()
+    }
+
+    /// Whether this node has a link to `other`, by both id and listen address.
+    pub fn is_linked_to(&self, other: &TestNode) -> bool {
+        self.peers()
+            .iter()
+            .any(|p| p.node_id == other.id() && p.addr == other.addr())
+    }
+
+    /// Consumes events until one matches, for at most [`DEADLINE`].
+    pub fn wait_for(&self, mut pred: impl FnMut(&Event) -> bool) -> Option<Event> {
+        wait_for_event(&self.events, DEADLINE, |ev| {
+            self.record(ev);
+            pred(ev)
+        })
+    }
+
+    /// Every event that arrives within `window`.
+    pub fn events_within(&self, window: Duration) -> Vec<Event> {
+        let got = collect_events(&self.events, window);
+        got.iter().for_each(|ev| self.record(ev));
+        got
+    }
+
+    /// Every event already queued, without waiting.
+    pub fn pending_events(&self) -> Vec<Event> {
+        let got: Vec<Event> = self.events.try_iter().collect();
+        got.iter().for_each(|ev| self.record(ev));
+        got
+    }
+
+    /// Every event taken off the queue so far by `wait_for`, `events_within` and
+    /// `pending_events`, in order.
+    pub fn history(&self) -> Vec<Event> {
+        self.history.lock().expect("history lock").clone()
+    }
+
+    fn record(&self, ev: &Event) {
+        self.history.lock().expect("history lock").push(ev.clone());
+    }
+}
+
+/// Links `from` to `to` with `connect_to_peer` and waits until both list each other.
+pub fn link(from: &TestNode, to: &TestNode) {
+    from.connect_to_peer(to.addr())
+        .unwrap_or_else(|e| panic!("{} cannot connect to {}: {e}", from.addr(), to.addr()));
+    assert!(
+        eventually(DEADLINE, || from.is_linked_to(to) && to.is_linked_to(from)),
+        "{} and {} never listed each other",
+        from.addr(),
+        to.addr()
+    );
+}
+
+/// Polls `cond` every 10 ms until it holds (`true`) or `timeout` passes (`false`).
+pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Receives events until one matches `pred` (returned) or `timeout` passes (`None`).
+/// Events that do not match are consumed.
+pub fn wait_for_event(
+    rx: &Receiver<Event>,
+    timeout: Duration,
+    mut pred: impl FnMut(&Event) -> bool,
+) -> Option<Event> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(ev) if pred(&ev) => return Some(ev),
+            Ok(_) => continue,
+            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => return None,
+        }
+    }
+}
+
+/// Every event that arrives within `window` (returns early only if the channel closes).
+pub fn collect_events(rx: &Receiver<Event>, window: Duration) -> Vec<Event> {
+    let deadline = Instant::now() + window;
+    let mut got = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(ev) => got.push(ev),
+            Err(_) => return got,
+        }
+    }
+}
+
+pub fn is_peer_down(ev: &Event, id: NodeId) -> bool {
+    matches!(ev, Event::PeerDown { node_id, .. } if *node_id == id)
+}
+
+pub fn is_peer_up(ev: &Event, id: NodeId) -> bool {
+    matches!(ev, Event::PeerUp(p) if p.node_id == id)
+}
+
+pub fn is_message(ev: &Event, text: &str) -> bool {
+    matches!(ev, Event::Message { text: t, .. } if t == text)
+}
+
+pub fn is_broadcast_of(ev: &Event, text: &str) -> bool {
+    matches!(ev, Event::Broadcast { text: t, .. } if t == text)
+}
+
+/// The reason of a `PeerDown` event.
+pub fn down_reason(ev: &Event) -> &str {
+    match ev {
+        Event::PeerDown { reason, .. } => reason,
+        other => panic!("expected PeerDown, got {other:?}"),
+    }
+}
+
+/// A hand-driven peer: a plain TCP socket that sends and reads frames, so tests can
+/// behave in ways a real node never would (stay silent, skip the JOIN, ...).
+pub struct RawPeer {
+    pub id: NodeId,
+    pub stream: TcpStream,
+    /// Held open so the listen port announced in our JOIN belongs to us. It never
+    /// accepts: a node that dials it back just waits for a JOIN that never comes.
+    listener: TcpListener,
+}
+
+impl RawPeer {
+    /// Opens a TCP connection to `addr` without sending anything.
+    pub fn connect(addr: SocketAddr) -> RawPeer {
+        RawPeer::try_connect(addr).unwrap_or_else(|e| panic!("raw connect to {addr}: {e}"))
+    }
+
+    /// Like [`connect`](RawPeer::connect), returning the error instead of panicking.
+    pub fn try_connect(addr: SocketAddr) -> io::Result<RawPeer> {
+        let stream = TcpStream::connect_timeout(&addr, DEADLINE)?;
+        stream.set_read_timeout(Some(DEADLINE))?;
+        stream.set_write_timeout(Some(DEADLINE))?;
+        Ok(RawPeer {
+            id: NodeId::random(),
+            stream,
+            listener: TcpListener::bind((localhost(), 0))?,
+        })
+    }
+
+    /// Connects and completes the handshake as a well-behaved node of `network` would:
+    /// sends a valid JOIN and reads the node's JOIN, which it returns.
+    pub fn join(addr: SocketAddr, network: &str) -> (RawPeer, Join) {
+        let mut peer = RawPeer::connect(addr);
+        peer.send(&peer.join_msg(network));
+        match peer.recv() {
+            Some(P2PMessage::Join(j)) => (peer, j),
+            other => panic!("expected the node's JOIN, got {other:?}"),
+        }
+    }
+
+    /// The port our JOIN announces.
+    pub fn listen_port(&self) -> u16 {
+        self.listener.local_addr().expect("listener addr").port()
+    }
+
+    /// Our listen address, as a node lists us.
+    pub fn listen_addr(&self) -> SocketAddr {
+        SocketAddr::new(localhost(), self.listen_port())
+    }
+
+    /// A valid JOIN for `network` with our id and listen port.
+    pub fn join_msg(&self, network: &str) -> P2PMessage {
+        P2PMessage::Join(Join {
+            version: PROTOCOL_VERSION,
+            node_id: self.id,
+            listen_port: self.listen_port(),
+            network: network.to_string(),
+            advertise: None,
+            observed: None,
+        })
+    }
+
+    pub fn send(&mut self, msg: &P2PMessage) {
+        self.stream.write_all(&msg.encode()).expect("raw send");
+    }
+
+    /// Reads the next frame, waiting at most [`DEADLINE`]. `None` if the node closed
+    /// the connection (or the read failed).
+    pub fn recv(&mut self) -> Option<P2PMessage> {
+        self.stream
+            .set_read_timeout(Some(DEADLINE))
+            .expect("timeout");
+        match read_frame(&mut self.stream, DEFAULT_MAX_FRAME) {
+            Ok(Some(frame)) => Some(P2PMessage::decode(&frame).expect("node sends valid frames")),
+            _ => None,
+        }
+    }
+
+    /// Reads frames until one matches `pred`, for at most [`DEADLINE`].
+    pub fn recv_until(&mut self, mut pred: impl FnMut(&P2PMessage) -> bool) -> Option<P2PMessage> {
+        let deadline = Instant::now() + DEADLINE;
+        while Instant::now() < deadline {
+            match self.recv() {
+                Some(m) if pred(&m) => return Some(m),
+                Some(_) => continue,
+                None => return None,
+            }
+        }
+        None
+    }
+
+    /// Reads and discards whatever arrives until the node closes the connection
+    /// (`true`: end of stream or reset) or `timeout` passes with it still open
+    /// (`false`).
+    pub fn closed_within(&mut self, timeout: Duration) -> bool {
+        closed_within(&mut self.stream, timeout)
+    }
+}
+
+/// See [`RawPeer::closed_within`].
+pub fn closed_within(stream: &mut TcpStream, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        stream.set_read_timeout(Some(left)).expect("timeout");
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
+            Err(_) => return true, // reset: closed as well
+        }
+    }
+}
