@@ -163,11 +163,17 @@ fn main() -> ExitCode {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
-            // clap's message spans several lines; its first one says what is wrong.
+            // clap's message spans several lines: what is wrong, sometimes the
+            // arguments it is about on the next lines, then a blank line and usage.
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("bad arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("p2p-node: {first} (see --help)");
+            let what: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let what = what.join(" ");
+            let what = what.strip_prefix("error: ").unwrap_or(&what);
+            eprintln!("p2p-node: {what} (see --help)");
             return ExitCode::from(2);
         }
     };
@@ -188,15 +194,17 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config, args: &Args) -> Result<(), String> {
-    let node = Node::start(config).map_err(|e| e.to_string())?;
-    println!("node {} listening on {}", node.id(), node.local_addr());
-
+    // Installed before the first line is printed: a supervisor that signals as soon as
+    // the node says it is listening must get a clean shutdown, not the default kill.
     let (shutdown_tx, shutdown_rx) = bounded::<()>(1);
     if let Err(e) = ctrlc::set_handler(move || {
         let _ = shutdown_tx.try_send(());
     }) {
         log::warn!("cannot install the Ctrl-C/SIGTERM handler: {e}");
     }
+
+    let node = Node::start(config).map_err(|e| e.to_string())?;
+    println!("node {} listening on {}", node.id(), node.local_addr());
 
     if let (Some(host), Some(port)) = (&args.peer_host, args.peer_port) {
         let target = if host.contains(':') {

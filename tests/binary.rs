@@ -1,0 +1,853 @@
+//! End-to-end tests of the `p2p-node` binary: real processes on 127.0.0.1, driven
+//! through their standard input, judged by the documented output lines.
+//!
+//! Rules every test follows:
+//! - nodes listen on `--bind 127.0.0.1` port 0 and the test reads the port back from
+//!   the first stdout line; no fixed port is ever used for a node that may start;
+//! - every wait is bounded (`WAIT`, `EXIT_WAIT`), there is no sleep-then-assert, and no
+//!   timing is asserted beyond "exits within `EXIT_WAIT`";
+//! - every process is owned by a guard whose `Drop` kills it by its PID and reaps it,
+//!   so none outlives its test, pass or fail;
+//! - signals are sent to one PID, with the `kill` program (the race test that signals
+//!   right after the first line uses `sh`'s built-in `kill`, also by PID, to be fast
+//!   enough).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_p2p-node");
+
+/// How long any expected line may take to appear (generous: 2 cores, parallel tests).
+const WAIT: Duration = Duration::from_secs(20);
+
+/// How long a process may take to exit after `exit` or a signal (the contract says
+/// about a second).
+const EXIT_WAIT: Duration = Duration::from_secs(10);
+
+/// Pause between two polls of a node's state (`peers`, `info`), never used before an
+/// assertion on its own.
+const POLL: Duration = Duration::from_millis(100);
+
+// ---------------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------------
+
+/// Every line every process of one test printed, in arrival order, prefixed with the
+/// process name and stream; printed (long ones shortened) when an expectation fails.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<String>>>);
+
+impl Log {
+    fn push(&self, line: String) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+    }
+
+    /// The transcript, with the middle left out when it is long (polling loops can
+    /// print thousands of lines).
+    fn dump(&self) -> String {
+        const HEAD: usize = 150;
+        const TAIL: usize = 250;
+        let lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = String::from("---- transcript (all processes of this test) ----\n");
+        for (i, l) in lines.iter().enumerate() {
+            if lines.len() > HEAD + TAIL && i == HEAD {
+                let left_out = lines.len() - HEAD - TAIL;
+                s.push_str(&format!("... {left_out} lines left out ...\n"));
+            }
+            if lines.len() <= HEAD + TAIL || i < HEAD || i >= lines.len() - TAIL {
+                s.push_str(l);
+                s.push('\n');
+            }
+        }
+        s.push_str("---- end of transcript ----");
+        s
+    }
+}
+
+/// Reads `stream` line by line on its own thread until end of file: each line goes to
+/// `history`, to the shared log and to the returned channel. It keeps reading after the
+/// receiver is gone, so the child never blocks on a full pipe.
+fn spawn_reader<R: Read + Send + 'static>(
+    stream: R,
+    label: String,
+    log: Log,
+    history: Arc<Mutex<Vec<String>>>,
+) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::Builder::new()
+        .name(format!("read {label}"))
+        .spawn(move || {
+            let mut reader = BufReader::new(stream);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = String::from_utf8_lossy(&buf)
+                            .trim_end_matches(['\n', '\r'])
+                            .to_string();
+                        log.push(format!("[{label}] {line}"));
+                        history
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(line.clone());
+                        let _ = tx.send(line);
+                    }
+                }
+            }
+        })
+        .expect("start a reader thread");
+    rx
+}
+
+/// Takes lines from `rx` until one satisfies `pred`; `None` at the deadline or when
+/// the stream ends. Non-matching lines are consumed.
+fn wait_on(
+    rx: &Receiver<String>,
+    pred: &mut dyn FnMut(&str) -> bool,
+    timeout: Duration,
+) -> Option<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if pred(&line) => return Some(line),
+            Ok(_) => continue,
+            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => return None,
+        }
+    }
+}
+
+/// Polls `child` until it exits or `timeout` passes.
+fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => return Some(st),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+            Ok(None) | Err(_) => return None,
+        }
+    }
+}
+
+/// Sends `signal` (`TERM`, `INT`, `KILL`) to one PID with the `kill` program.
+fn send_signal(pid: u32, signal: &str) {
+    let st = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .stdin(Stdio::null())
+        .status()
+        .expect("run kill");
+    assert!(st.success(), "kill -{signal} {pid} failed: {st}");
+}
+
+/// A child process killed and reaped on drop, whatever happened.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One running `p2p-node`.
+struct NodeProc {
+    name: String,
+    child: ChildGuard,
+    stdin: Option<ChildStdin>,
+    out: Receiver<String>,
+    err: Receiver<String>,
+    /// Every stdout line, consumed or not.
+    out_history: Arc<Mutex<Vec<String>>>,
+    log: Log,
+    /// Id from the first line.
+    id: String,
+    /// Listen port from the first line.
+    port: u16,
+}
+
+impl NodeProc {
+    /// Starts a node on 127.0.0.1 port 0 with `extra` arguments after the port (e.g.
+    /// the bootstrap peer) and reads its first line.
+    fn start(log: &Log, name: &str, extra: &[&str]) -> NodeProc {
+        let mut args = vec!["0"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--bind", "127.0.0.1"]);
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn p2p-node");
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("stdout piped");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let child = ChildGuard(child);
+        let out_history = Arc::new(Mutex::new(Vec::new()));
+        let out = spawn_reader(
+            stdout,
+            format!("{name} out"),
+            log.clone(),
+            Arc::clone(&out_history),
+        );
+        let err = spawn_reader(
+            stderr,
+            format!("{name} err"),
+            log.clone(),
+            Arc::new(Mutex::new(Vec::new())),
+        );
+        log.push(format!("[{name}] started: p2p-node {}", args.join(" ")));
+        let mut node = NodeProc {
+            name: name.to_string(),
+            child,
+            stdin,
+            out,
+            err,
+            out_history,
+            log: log.clone(),
+            id: String::new(),
+            port: 0,
+        };
+        let first = node.expect_line("the first line `node <id> listening on ...`", |_| true);
+        let (id, port) = parse_first_line(&first)
+            .unwrap_or_else(|| node.fail(&format!("bad first line {first:?}")));
+        node.id = id;
+        node.port = port;
+        node
+    }
+
+    /// Starts a node that joins the overlay through `via`.
+    fn join(log: &Log, name: &str, via: &NodeProc) -> NodeProc {
+        let port = via.port.to_string();
+        NodeProc::start(log, name, &["127.0.0.1", &port])
+    }
+
+    /// `127.0.0.1:<port>`: the address peers list this node under.
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    fn fail(&self, what: &str) -> ! {
+        panic!("{}: {what}\n{}", self.name, self.log.dump())
+    }
+
+    fn send_line(&mut self, line: &str) {
+        self.log.push(format!("[{} in] {line}", self.name));
+        let ok = match self.stdin.as_mut() {
+            Some(stdin) => stdin
+                .write_all(format!("{line}\n").as_bytes())
+                .and_then(|_| stdin.flush())
+                .is_ok(),
+            None => false,
+        };
+        if !ok {
+            self.fail(&format!("cannot write {line:?} to stdin"));
+        }
+    }
+
+    /// Closes the node's standard input (end of file for the node).
+    fn close_stdin(&mut self) {
+        self.log.push(format!("[{} in] <end of input>", self.name));
+        drop(self.stdin.take());
+    }
+
+    /// The next stdout line satisfying `pred` within `timeout`; earlier lines are
+    /// consumed.
+    fn wait_line(&self, mut pred: impl FnMut(&str) -> bool, timeout: Duration) -> Option<String> {
+        wait_on(&self.out, &mut pred, timeout)
+    }
+
+    /// Like `wait_line` for stderr.
+    fn wait_err_line(
+        &self,
+        mut pred: impl FnMut(&str) -> bool,
+        timeout: Duration,
+    ) -> Option<String> {
+        wait_on(&self.err, &mut pred, timeout)
+    }
+
+    /// `wait_line` with `WAIT`, failing the test with the transcript.
+    fn expect_line(&self, what: &str, pred: impl FnMut(&str) -> bool) -> String {
+        self.wait_line(pred, WAIT)
+            .unwrap_or_else(|| self.fail(&format!("no stdout line {what} within {WAIT:?}")))
+    }
+
+    /// Waits for exactly `line` on stdout.
+    fn expect_exact(&self, line: &str) -> String {
+        self.expect_line(&format!("{line:?}"), |l| l == line)
+    }
+
+    /// `wait_err_line` with `WAIT`, failing the test with the transcript.
+    fn expect_err_line(&self, what: &str, pred: impl FnMut(&str) -> bool) -> String {
+        self.wait_err_line(pred, WAIT)
+            .unwrap_or_else(|| self.fail(&format!("no stderr line {what} within {WAIT:?}")))
+    }
+
+    /// Runs `peers` and returns its lines. `info` is sent right after it as an end
+    /// marker: the node runs commands one at a time, so everything `peers` prints comes
+    /// before the `id: ` line of `info`. Event lines printed in between are skipped.
+    fn peers(&mut self) -> Vec<String> {
+        self.send_line("peers");
+        self.send_line("info");
+        let mut lines = Vec::new();
+        self.expect_line("`id: ` (end of the `peers` output)", |l| {
+            if l == "no peers connected" || is_peer_line(l) {
+                lines.push(l.to_string());
+            }
+            l.starts_with("id: ")
+        });
+        lines
+    }
+
+    /// The `peers` line for `other`, polling until it appears.
+    fn wait_peer(&mut self, other: &NodeProc) -> String {
+        let prefix = format!("{} id={} ", other.addr(), other.id);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let lines = self.peers();
+            if let Some(l) = lines.iter().find(|l| l.starts_with(&prefix)) {
+                return l.clone();
+            }
+            if Instant::now() >= deadline {
+                self.fail(&format!(
+                    "`peers` never listed {} within {WAIT:?}; last output: {lines:?}",
+                    other.name
+                ));
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    /// Runs `info` and returns its lines, from `id: ` to `dropped: `.
+    fn info(&mut self) -> Vec<String> {
+        self.send_line("info");
+        let mut lines = vec![self.expect_line("`id: `", |l| l.starts_with("id: "))];
+        let mut more = Vec::new();
+        self.expect_line("`dropped: ` (last line of `info`)", |l| {
+            more.push(l.to_string());
+            l.starts_with("dropped: ")
+        });
+        lines.extend(more);
+        lines
+    }
+
+    /// The broadcast counters of `info`.
+    fn broadcast_counters(&mut self) -> Counters {
+        let lines = self.info();
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with("broadcasts: "))
+            .unwrap_or_else(|| self.fail(&format!("no `broadcasts:` line in {lines:?}")));
+        parse_broadcast_counters(line)
+            .unwrap_or_else(|| self.fail(&format!("cannot read counters in {line:?}")))
+    }
+
+    /// How many stdout lines so far (consumed or not) are exactly `line`.
+    fn count_lines(&self, line: &str) -> usize {
+        self.out_history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|l| *l == line)
+            .count()
+    }
+
+    /// Waits for the process to end; fails the test after `EXIT_WAIT`.
+    fn expect_exit(&mut self) -> ExitStatus {
+        let st = wait_exit(&mut self.child.0, EXIT_WAIT);
+        match st {
+            Some(st) => {
+                self.log.push(format!("[{}] exited: {st}", self.name));
+                st
+            }
+            None => self.fail(&format!("did not exit within {EXIT_WAIT:?}")),
+        }
+    }
+
+    /// Expects a clean exit: `shutting down` on stdout, then status 0.
+    fn expect_clean_exit(&mut self) {
+        self.expect_exact("shutting down");
+        let st = self.expect_exit();
+        if st.code() != Some(0) {
+            self.fail(&format!("exit status {st}, expected 0"));
+        }
+    }
+
+    fn signal(&mut self, signal: &str) {
+        self.log.push(format!("[{}] <- SIG{signal}", self.name));
+        send_signal(self.pid(), signal);
+    }
+}
+
+/// `node <16 hex> listening on 127.0.0.1:<port>` → (id, port).
+fn parse_first_line(line: &str) -> Option<(String, u16)> {
+    let rest = line.strip_prefix("node ")?;
+    let (id, rest) = rest.split_once(' ')?;
+    if id.len() != 16 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let port: u16 = rest.strip_prefix("listening on 127.0.0.1:")?.parse().ok()?;
+    (port != 0).then(|| (id.to_string(), port))
+}
+
+/// A `peers` line: `<host:port> id=<id> dir=in|out rtt=<x>ms|- up=<n>s`.
+fn is_peer_line(l: &str) -> bool {
+    let words: Vec<&str> = l.split(' ').collect();
+    words.len() == 5
+        && words[0].parse::<std::net::SocketAddr>().is_ok()
+        && words[1].starts_with("id=")
+        && (words[2] == "dir=in" || words[2] == "dir=out")
+        && (words[3] == "rtt=-" || (words[3].starts_with("rtt=") && words[3].ends_with("ms")))
+        && words[4].starts_with("up=")
+        && words[4].ends_with('s')
+}
+
+/// The broadcast counters `info` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Counters {
+    delivered: u64,
+    duplicates: u64,
+    forwarded: u64,
+}
+
+/// `broadcasts: D delivered, U duplicates dropped, F frames forwarded`.
+fn parse_broadcast_counters(l: &str) -> Option<Counters> {
+    let rest = l.strip_prefix("broadcasts: ")?;
+    let mut parts = rest.split(", ");
+    let mut number =
+        |suffix: &str| -> Option<u64> { parts.next()?.strip_suffix(suffix)?.parse().ok() };
+    Some(Counters {
+        delivered: number(" delivered")?,
+        duplicates: number(" duplicates dropped")?,
+        forwarded: number(" frames forwarded")?,
+    })
+}
+
+/// What a process that ran to its end printed.
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs the binary with `args` and stdin at end of file until it exits; fails the test
+/// if it runs longer than `EXIT_WAIT` (the guard then kills it).
+fn run_to_end(args: &[&str]) -> Finished {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn p2p-node");
+    let read_all = |mut r: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = r.read_to_end(&mut s);
+            String::from_utf8_lossy(&s).into_owned()
+        })
+    };
+    let out = read_all(Box::new(child.stdout.take().expect("stdout piped")));
+    let err = read_all(Box::new(child.stderr.take().expect("stderr piped")));
+    let mut guard = ChildGuard(child);
+    let status = wait_exit(&mut guard.0, EXIT_WAIT);
+    drop(guard); // kills it if it is still running, so the readers see end of file
+    let stdout = out.join().expect("stdout reader");
+    let stderr = err.join().expect("stderr reader");
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "p2p-node {args:?} still running after {EXIT_WAIT:?}\nstdout: {stdout}\nstderr: {stderr}"
+        )
+    });
+    Finished {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// Checks the "bad arguments" contract for one invocation and returns the stderr line.
+fn assert_one_line_error(args: &[&str], code: i32) -> String {
+    let f = run_to_end(args);
+    let ctx = format!(
+        "p2p-node {args:?}: status {}\nstdout: {:?}\nstderr: {:?}",
+        f.status, f.stdout, f.stderr
+    );
+    assert_eq!(f.status.code(), Some(code), "{ctx}");
+    assert!(!f.stderr.contains("panicked"), "{ctx}");
+    assert!(f.stdout.is_empty(), "nothing expected on stdout; {ctx}");
+    assert!(f.stderr.ends_with('\n'), "{ctx}");
+    let lines: Vec<&str> = f.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "exactly one stderr line expected; {ctx}");
+    assert!(lines[0].starts_with("p2p-node: "), "{ctx}");
+    lines[0].to_string()
+}
+
+// ---------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------
+
+/// The basic scenario with three processes: link, direct message, discovery,
+/// broadcast delivered once, and a clean leave.
+#[test]
+fn three_nodes_link_message_discover_broadcast_and_leave() {
+    let log = Log::default();
+    let mut a = NodeProc::start(&log, "A", &[]);
+    let mut b = NodeProc::join(&log, "B", &a);
+
+    // B dialled A: both report the link, with the direction seen from each side.
+    b.expect_exact(&format!("connected to {} (id {})", a.addr(), a.id));
+    b.expect_exact(&format!("peer up: {} (id {}, out)", a.addr(), a.id));
+    a.expect_exact(&format!("peer up: {} (id {}, in)", b.addr(), b.id));
+    let on_a = a.wait_peer(&b);
+    assert!(on_a.contains(" dir=in "), "{on_a}");
+    let on_b = b.wait_peer(&a);
+    assert!(on_b.contains(" dir=out "), "{on_b}");
+
+    // A direct message, attributed to the sender's listen address.
+    b.send_line(&format!("send {} Hello from Node B!", a.addr()));
+    b.expect_exact(&format!("sent to {}", a.addr()));
+    a.expect_exact(&format!("message from {}: Hello from Node B!", b.addr()));
+
+    // C joins through A and is discovered by B (peer exchange + auto-dial).
+    let mut c = NodeProc::join(&log, "C", &a);
+    c.expect_exact(&format!("connected to {} (id {})", a.addr(), a.id));
+    a.expect_line("`peer up` for C", |l| {
+        l.starts_with(&format!("peer up: {} (id {}, ", c.addr(), c.id))
+    });
+    b.wait_peer(&c);
+    c.wait_peer(&a);
+    c.wait_peer(&b);
+
+    // C floods a broadcast over the triangle. A and B each get C's copy, and whichever
+    // of them delivers C's copy first also forwards it to the other (never back to
+    // C, the origin), so at least one extra copy must reach them and be dropped.
+    c.send_line("broadcast hi everyone");
+    c.expect_exact("broadcast sent to 2 peers");
+    let want = format!("broadcast from {}: hi everyone", c.addr());
+    a.expect_exact(&want);
+    b.expect_exact(&want);
+    // Every copy has been handled once the duplicates dropped by A and B add up to the
+    // frames they forwarded (C forwards nothing of its own).
+    let deadline = Instant::now() + WAIT;
+    let (on_a, on_b) = loop {
+        let (on_a, on_b) = (a.broadcast_counters(), b.broadcast_counters());
+        let settled = on_a.forwarded + on_b.forwarded >= 1
+            && on_a.duplicates + on_b.duplicates == on_a.forwarded + on_b.forwarded;
+        if settled || Instant::now() >= deadline {
+            break (on_a, on_b);
+        }
+        thread::sleep(POLL);
+    };
+    let settled = on_a.forwarded + on_b.forwarded >= 1
+        && on_a.duplicates + on_b.duplicates == on_a.forwarded + on_b.forwarded;
+    if !settled || on_a.delivered != 1 || on_b.delivered != 1 {
+        a.fail(&format!(
+            "expected each of A and B to deliver once and to drop every forwarded copy \
+             within {WAIT:?}; A: {on_a:?}, B: {on_b:?}"
+        ));
+    }
+    for node in [&mut a, &mut b] {
+        // Anything printed for the broadcast is out before this `peers` answer.
+        node.peers();
+        let n = node.count_lines(&want);
+        if n != 1 {
+            node.fail(&format!("{want:?} printed {n} times, expected once"));
+        }
+    }
+
+    // B leaves with `exit`: status 0, and A (and C) see the LEAVE.
+    b.send_line("exit");
+    b.expect_clean_exit();
+    a.expect_exact(&format!("peer down: {} (left)", b.addr()));
+    c.expect_exact(&format!("peer down: {} (left)", b.addr()));
+
+    a.send_line("exit");
+    a.expect_clean_exit();
+    c.send_line("exit");
+    c.expect_clean_exit();
+}
+
+/// Starts A and B (joined to A), waits until both report the link, sends `signal` to
+/// B and checks B exits 0 and A sees it leave.
+fn signal_leaves_cleanly(signal: &str) {
+    let log = Log::default();
+    let mut a = NodeProc::start(&log, "A", &[]);
+    let mut b = NodeProc::join(&log, "B", &a);
+    a.expect_exact(&format!("peer up: {} (id {}, in)", b.addr(), b.id));
+    // Printed by B's main loop, which runs after its signal handler is installed.
+    b.expect_exact(&format!("peer up: {} (id {}, out)", a.addr(), a.id));
+
+    b.signal(signal);
+    b.expect_clean_exit();
+    a.expect_exact(&format!("peer down: {} (left)", b.addr()));
+
+    a.send_line("exit");
+    a.expect_clean_exit();
+}
+
+#[test]
+fn sigterm_sends_leave_and_exits_0() {
+    signal_leaves_cleanly("TERM");
+}
+
+#[test]
+fn sigint_sends_leave_and_exits_0() {
+    signal_leaves_cleanly("INT");
+}
+
+/// With stdin closed from the start the node keeps serving; SIGTERM still ends it
+/// cleanly.
+#[test]
+fn end_of_input_does_not_stop_the_node() {
+    let log = Log::default();
+    let mut a = NodeProc::start(&log, "A", &[]);
+    a.close_stdin();
+
+    let mut b = NodeProc::join(&log, "B", &a);
+    b.expect_exact(&format!("peer up: {} (id {}, out)", a.addr(), a.id));
+    a.expect_exact(&format!("peer up: {} (id {}, in)", b.addr(), b.id));
+    // A still delivers what it receives.
+    b.send_line(&format!("send {} still there?", a.addr()));
+    a.expect_exact(&format!("message from {}: still there?", b.addr()));
+
+    a.signal("TERM");
+    a.expect_clean_exit();
+    b.expect_exact(&format!("peer down: {} (left)", a.addr()));
+
+    b.send_line("exit");
+    b.expect_clean_exit();
+}
+
+/// Each bad command line prints exactly one `p2p-node: ` line on stderr and exits 2.
+#[test]
+fn bad_arguments_print_one_line_and_exit_2() {
+    let long_name = "n".repeat(65);
+    // `--bind 127.0.0.1` is appended where it does not change the mistake, so that a
+    // node started by error would only listen on loopback.
+    let cases: Vec<Vec<&str>> = vec![
+        vec![],
+        vec!["abc", "--bind", "127.0.0.1"],
+        vec!["70000", "--bind", "127.0.0.1"],
+        vec!["-1", "--bind", "127.0.0.1"],
+        vec!["9000", "127.0.0.1", "--bind", "127.0.0.1"],
+        vec!["0", "127.0.0.1", "xyz", "--bind", "127.0.0.1"],
+        vec!["0", "127.0.0.1", "0", "--bind", "127.0.0.1"],
+        vec!["0", "--bind", "nonsense"],
+        vec!["0", "--network", &long_name, "--bind", "127.0.0.1"],
+    ];
+    for args in &cases {
+        assert_one_line_error(args, 2);
+    }
+}
+
+/// The listening port is taken: one `p2p-node: cannot listen on ...` line, exit 1.
+#[test]
+fn port_in_use_prints_one_line_and_exits_1() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind a test listener");
+    let port = taken.local_addr().expect("local addr").port().to_string();
+    let line = assert_one_line_error(&[&port, "--bind", "127.0.0.1"], 1);
+    assert!(
+        line.starts_with(&format!("p2p-node: cannot listen on 127.0.0.1:{port}")),
+        "{line}"
+    );
+    drop(taken);
+}
+
+/// Typing mistakes print one `error: ` line on stderr each; the node keeps running.
+#[test]
+fn command_mistakes_print_errors_and_the_node_keeps_running() {
+    let log = Log::default();
+    let mut a = NodeProc::start(&log, "A", &[]);
+    // (command, text the error line must contain)
+    let cases = [
+        ("frobnicate", "frobnicate"),
+        ("send", "send"),
+        ("send 127.0.0.1:1", "send"),
+        ("send 127.0.0.1:1 hi", "127.0.0.1:1"),
+        ("connect 127.0.0.1 notaport", "notaport"),
+        ("disconnect 127.0.0.1:1", "127.0.0.1:1"),
+    ];
+    for (cmd, mention) in cases {
+        a.send_line(cmd);
+        let line = a.expect_err_line(&format!("`error: ` for {cmd:?}"), |l| {
+            l.starts_with("error: ")
+        });
+        if !line.contains(mention) {
+            a.fail(&format!(
+                "error for {cmd:?} does not mention {mention:?}: {line}"
+            ));
+        }
+        // Still answering.
+        assert_eq!(a.peers(), vec!["no peers connected".to_string()]);
+    }
+    a.send_line("exit");
+    a.expect_clean_exit();
+
+    let stdout = a.out_history.lock().expect("history").clone();
+    for l in &stdout {
+        assert!(
+            !l.starts_with("error") && !l.contains("panicked"),
+            "unexpected stdout line {l:?}\n{}",
+            log.dump()
+        );
+    }
+    let transcript = log.dump();
+    assert!(!transcript.contains("panicked"), "{transcript}");
+}
+
+/// `help` lists every command; `info` starts with this node's id.
+#[test]
+fn help_and_info_commands() {
+    let log = Log::default();
+    let mut a = NodeProc::start(&log, "A", &[]);
+    a.send_line("help");
+    a.expect_exact("commands:");
+    for cmd in [
+        "peers",
+        "send <host:port> <text>",
+        "broadcast <text>",
+        "connect <host> <port>",
+        "disconnect <host:port>",
+        "known",
+        "forget <host:port>",
+        "info",
+        "help",
+        "exit",
+    ] {
+        a.expect_line(&format!("help entry {cmd:?}"), |l| {
+            l.trim_start().starts_with(&format!("{cmd} "))
+        });
+    }
+
+    let info = a.info();
+    assert_eq!(info[0], format!("id: {}", a.id), "{info:?}");
+    assert!(
+        info.contains(&format!("listening: {}", a.addr())),
+        "{info:?}"
+    );
+
+    a.send_line("exit");
+    a.expect_clean_exit();
+}
+
+/// `--help` exits 0 and documents every option.
+#[test]
+fn help_flag_exits_0_and_lists_every_option() {
+    let f = run_to_end(&["--help"]);
+    assert_eq!(f.status.code(), Some(0), "stderr: {}", f.stderr);
+    for opt in [
+        "--bind",
+        "--advertise",
+        "--network",
+        "--target-links",
+        "--max-links",
+        "--no-auto-dial",
+        "--heartbeat-ms",
+        "--timeout-ms",
+        "--handshake-timeout-ms",
+        "--max-frame",
+        "--help",
+        "--version",
+    ] {
+        assert!(
+            f.stdout.contains(opt),
+            "--help does not mention {opt}:\n{}",
+            f.stdout
+        );
+    }
+    assert!(!f.stdout.contains("panicked") && !f.stderr.contains("panicked"));
+}
+
+/// A missing positional argument should be named in the error line, as every other
+/// argument error names its value.
+#[test]
+fn missing_argument_error_names_the_argument() {
+    let line = assert_one_line_error(&[], 2);
+    assert!(line.contains("<PORT>"), "{line}");
+    let line = assert_one_line_error(&["9000", "127.0.0.1", "--bind", "127.0.0.1"], 2);
+    assert!(line.contains("PEER_PORT"), "{line}");
+}
+
+/// A supervisor that sends SIGTERM as soon as it has read the `listening` line must
+/// get a clean stop (status 0), since that line is the node's ready signal.
+///
+/// The reaction has to be quick to hit the window, faster than starting a `kill`
+/// process after the test thread reads the line, so a small `sh` script starts the
+/// node, reads its first line from a FIFO and signals it with the shell's built-in
+/// `kill`, by PID. It reports the PID first, so the test can kill the node should the
+/// script die before it.
+#[test]
+fn sigterm_right_after_the_listening_line_exits_0() {
+    const SCRIPT: &str = r#"
+bin=$1; fifo=$2
+mkfifo "$fifo" || exit 90
+"$bin" 0 --bind 127.0.0.1 </dev/null >"$fifo" 2>/dev/null &
+pid=$!
+echo "pid $pid"
+exec 3<"$fifo"
+IFS= read -r line <&3
+kill -TERM "$pid"
+echo "line $line"
+cat <&3
+wait "$pid"
+echo "status $?"
+"#;
+    let dir = tempfile::tempdir().expect("temp dir");
+    for round in 0..30 {
+        let fifo = dir.path().join(format!("out{round}"));
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(SCRIPT)
+            .arg("sh") // $0
+            .arg(BIN)
+            .arg(&fifo)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn sh");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let sh = ChildGuard(child);
+        let log = Log::default();
+        let rx = spawn_reader(
+            stdout,
+            format!("round {round}"),
+            log.clone(),
+            Arc::new(Mutex::new(Vec::new())),
+        );
+        let pid: u32 = wait_on(&rx, &mut |l| l.starts_with("pid "), WAIT)
+            .and_then(|l| l["pid ".len()..].parse().ok())
+            .unwrap_or_else(|| panic!("no pid from the script\n{}", log.dump()));
+        let status = wait_on(&rx, &mut |l| l.starts_with("status "), WAIT);
+        if status.is_none() {
+            // The node may still be running: kill it by PID (it is not reaped yet, the
+            // script is still waiting for it).
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        drop(sh);
+        let status = status.unwrap_or_else(|| panic!("no status\n{}", log.dump()));
+        assert_eq!(
+            status,
+            "status 0",
+            "round {round}: SIGTERM right after the first line\n{}",
+            log.dump()
+        );
+    }
+}
