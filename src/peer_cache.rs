@@ -119,8 +119,10 @@ pub fn default_path(port: u16) -> Option<PathBuf> {
 }
 
 /// Reads a cache file. Bad lines are skipped and listed in [`Loaded::skipped`]; only a
-/// file that cannot be a cache at all is an error.
+/// file that cannot be a cache at all is an error. Temporary files that a killed
+/// writer left beside it are removed.
 pub fn load(path: &Path) -> Result<Loaded, CacheError> {
+    remove_stale_temporaries(path);
     let bytes = match fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -239,18 +241,36 @@ pub fn render(addrs: &[CachedAddr]) -> String {
     s
 }
 
-/// Writes the cache atomically (see the module doc), creating the folder if needed.
-pub fn save(path: &Path, addrs: &[CachedAddr]) -> io::Result<()> {
+/// The folder of the cache file and the prefix of its temporary files.
+fn temporary_prefix(path: &Path) -> (PathBuf, String) {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    fs::create_dir_all(&dir)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "peers".into());
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    (dir, format!(".{name}.tmp-"))
+}
+
+fn remove_stale_temporaries(path: &Path) {
+    let (dir, prefix) = temporary_prefix(path);
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Writes the cache atomically (see the module doc), creating the folder if needed.
+pub fn save(path: &Path, addrs: &[CachedAddr]) -> io::Result<()> {
+    let (dir, prefix) = temporary_prefix(path);
+    fs::create_dir_all(&dir)?;
+    let tmp = dir.join(format!("{prefix}{}", std::process::id()));
     let result = (|| {
         let mut f = File::create(&tmp)?;
         f.write_all(render(addrs).as_bytes())?;
