@@ -6,6 +6,7 @@
 //! code that uses them.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::Error;
@@ -65,6 +66,13 @@ pub struct Config {
     /// Events kept for the application before new ones are dropped (and counted).
     /// Defaults to 100,000.
     pub max_pending_events: usize,
+    /// File the known addresses are saved to and restored from, so a restarted node
+    /// rejoins by itself (format: `peer_cache`). Defaults to `None` (no file): the
+    /// library writes nothing unless asked; the `p2p-node` binary picks a path per port.
+    pub peers_file: Option<PathBuf>,
+    /// How often the peers file is rewritten while running (it is also written on
+    /// `stop`). Defaults to 30 s.
+    pub peers_file_interval: Duration,
     /// Stack size of every thread the node starts. Defaults to 256 KiB: the threads
     /// only decode frames and move buffers, and only touched pages cost memory.
     pub thread_stack_size: usize,
@@ -92,6 +100,8 @@ impl Default for Config {
             max_known_addrs: 1000,
             peer_exchange_interval: Duration::from_secs(30),
             max_pending_events: 100_000,
+            peers_file: None,
+            peers_file_interval: Duration::from_secs(30),
             thread_stack_size: 256 * 1024,
         }
     }
@@ -148,6 +158,9 @@ impl Config {
                 "target links ({}) cannot exceed max links ({})",
                 self.target_links, self.max_links
             ));
+        }
+        if self.peers_file_interval.is_zero() {
+            return bad("peers file interval must be above 0".into());
         }
         if self.seen_cache_size == 0 || self.max_known_addrs == 0 {
             return bad("seen cache size and max known addresses must be above 0".into());

@@ -16,6 +16,8 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::peer_cache::CachedAddr;
+
 /// Consecutive failures after which an address is forgotten.
 pub const MAX_FAILURES: u32 = 8;
 
@@ -198,6 +200,44 @@ impl AddrBook {
             .collect()
     }
 
+    /// Adds addresses read from the peers file, keeping their history, all due for a
+    /// dial now. Own and undialable addresses are skipped; the cap still holds.
+    /// Returns how many were added.
+    pub(crate) fn restore(&mut self, cached: &[CachedAddr], now: Instant) -> usize {
+        let mut added = 0;
+        for c in cached {
+            if self.map.len() >= self.cap {
+                break;
+            }
+            if !self.learn(c.addr, now) {
+                continue;
+            }
+            if let Some(k) = self.map.get_mut(&c.addr) {
+                k.last_seen = c.last_seen.unwrap_or(k.last_seen);
+                k.last_success = c.last_success;
+                k.failures = c.failures.min(MAX_FAILURES - 1);
+                added += 1;
+            }
+        }
+        added
+    }
+
+    /// Every entry in the form the peers file stores, most recently successful first.
+    pub(crate) fn to_cache(&self) -> Vec<CachedAddr> {
+        let mut v: Vec<CachedAddr> = self
+            .map
+            .values()
+            .map(|k| CachedAddr {
+                addr: k.addr,
+                last_seen: Some(k.last_seen),
+                last_success: k.last_success,
+                failures: k.failures,
+            })
+            .collect();
+        v.sort_by_key(|c| (std::cmp::Reverse(c.last_success), c.addr));
+        v
+    }
+
     /// A copy of every entry, for `known` and `info`.
     pub(crate) fn entries(&self) -> Vec<KnownAddr> {
         let mut v: Vec<KnownAddr> = self.map.values().cloned().collect();
@@ -271,6 +311,38 @@ mod tests {
             b.mark_failure(x, now);
         }
         assert_eq!(b.len(), 0, "an address that keeps failing is forgotten");
+    }
+
+    #[test]
+    fn restore_respects_cap_own_and_history() {
+        let mut b = AddrBook::new(2);
+        let now = Instant::now();
+        b.add_own(a("127.0.0.1:9000"));
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let cached = |s: &str, f: u32| CachedAddr {
+            addr: a(s),
+            last_seen: Some(t),
+            last_success: Some(t),
+            failures: f,
+        };
+        let n = b.restore(
+            &[
+                cached("127.0.0.1:9000", 0),
+                cached("0.0.0.0:1", 0),
+                cached("10.0.0.1:1", 2),
+                cached("10.0.0.2:1", 0),
+                cached("10.0.0.3:1", 0),
+            ],
+            now,
+        );
+        assert_eq!(n, 2);
+        assert_eq!(b.len(), 2);
+        let out = b.to_cache();
+        assert_eq!(out[0].last_success, Some(t));
+        assert!(out
+            .iter()
+            .any(|c| c.addr == a("10.0.0.1:1") && c.failures == 2));
+        assert!(out.iter().all(|c| c.addr != a("127.0.0.1:9000")));
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //! | `main.cpp`                   | `src/main.rs` + [`cli`]                           |
 //!
 //! What the C++ lacked has modules of its own: the peer table (`peer_table.rs`), the
-//! address book ([`known_addrs`]), the broadcast seen-cache (`seen_cache.rs`), the
+//! address book ([`known_addrs`]) and its file ([`peer_cache`]), the broadcast
+//! seen-cache (`seen_cache.rs`), the
 //! heartbeat and dial loop (`maintenance.rs`), [`Config`], [`Error`], [`Event`].
 //! `docs/ARCHITECTURE.md` has the threads, locks and every deliberate difference;
 //! `docs/PROTOCOL.md` the wire format.
@@ -63,6 +64,7 @@ pub mod known_addrs;
 mod maintenance;
 mod node;
 pub mod p2p_message;
+pub mod peer_cache;
 mod peer_connection;
 mod peer_connection_factory;
 mod peer_table;

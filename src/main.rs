@@ -20,16 +20,20 @@ use clap::Parser;
 use crossbeam_channel::{bounded, never, select, unbounded, Receiver};
 
 use p2p_overlay::cli::{self, Command};
-use p2p_overlay::{resolve_peer_addr, Config, Node};
+use p2p_overlay::{peer_cache, resolve_peer_addr, Config, Node};
 
 const AFTER_HELP: &str = "\
 Commands are read from standard input, one per line (type 'help' once running).
 Output: one line per event or command result on stdout; diagnostics on stderr,
 filtered by RUST_LOG (default: warn).
 
+Known addresses are saved to a peer cache file (see --peers-file), so a node
+restarted on the same port rejoins its overlay without a bootstrap address.
+
 Examples:
   p2p-node 9000                      start a new overlay on port 9000
-  p2p-node 9001 127.0.0.1 9000       join it through the node on port 9000";
+  p2p-node 9001 127.0.0.1 9000       join it through the node on port 9000
+  p2p-node 9001                      later: rejoin through the cached peers";
 
 /// A decentralized peer-to-peer overlay node.
 #[derive(Parser, Debug)]
@@ -84,6 +88,19 @@ struct Args {
     /// Largest frame accepted or sent, in bytes
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
     max_frame: u32,
+
+    /// Peer cache file [default: $XDG_STATE_HOME/p2p-overlay/peers-<port>.txt, else
+    /// ~/.local/state/p2p-overlay/peers-<port>.txt; none when the port is 0]
+    #[arg(long, value_name = "PATH", conflicts_with = "no_peers_file")]
+    peers_file: Option<std::path::PathBuf>,
+
+    /// Do not read or write a peer cache file
+    #[arg(long)]
+    no_peers_file: bool,
+
+    /// Milliseconds between rewrites of the peer cache (it is also written at exit)
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    peers_file_interval_ms: u64,
 }
 
 impl Args {
@@ -96,6 +113,13 @@ impl Args {
         if self.peer_port == Some(0) {
             return Err("peer port must be from 1 to 65535".into());
         }
+        let peers_file = if self.no_peers_file {
+            None
+        } else {
+            self.peers_file
+                .clone()
+                .or_else(|| peer_cache::default_path(self.port))
+        };
         let config = Config {
             bind: self.bind,
             port: self.port,
@@ -108,6 +132,8 @@ impl Args {
             peer_timeout: Duration::from_millis(self.timeout_ms),
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             max_frame: self.max_frame,
+            peers_file,
+            peers_file_interval: Duration::from_millis(self.peers_file_interval_ms),
             ..Config::default()
         };
         config.validate().map_err(|e| e.to_string())?;

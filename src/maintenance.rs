@@ -1,5 +1,6 @@
 //! The maintenance thread: heartbeats, dead-peer detection, periodic peer exchange,
-//! dialing towards the target link count, and reaping finished connection threads.
+//! dialing towards the target link count, saving the peers file, and reaping finished
+//! connection threads.
 //! The C++ original had only a thread that printed the peer set every 1000 s.
 //!
 //! It wakes every quarter heartbeat interval (between 10 and 250 ms), so a silent peer
@@ -21,6 +22,7 @@ pub(crate) fn run(shared: Arc<Shared>, stop: Receiver<()>) {
         .clamp(Duration::from_millis(10), Duration::from_millis(250));
     let ticker = tick(period);
     let mut last_exchange = Instant::now();
+    let mut last_save = Instant::now();
     loop {
         select! {
             recv(stop) -> _ => break,
@@ -35,6 +37,10 @@ pub(crate) fn run(shared: Arc<Shared>, stop: Receiver<()>) {
             for link in shared.table.lock().links() {
                 shared.send_peer_list(&link);
             }
+        }
+        if last_save.elapsed() >= shared.config.peers_file_interval {
+            last_save = Instant::now();
+            shared.save_peers_file();
         }
         shared.dial_more();
         let finished = shared.table.lock().take_threads(false);

@@ -31,6 +31,7 @@ use crate::event::{Event, PeerInfo};
 use crate::known_addrs::{is_dialable, AddrBook, KnownAddr};
 use crate::maintenance;
 use crate::p2p_message::{Broadcast, Join, NodeId, P2PMessage, LEN_PREFIX, PROTOCOL_VERSION};
+use crate::peer_cache;
 use crate::peer_connection_factory::{spawn_named, PeerConnectionFactory};
 use crate::peer_table::{Insert, Link, Outbound, PeerTable};
 use crate::seen_cache::SeenCache;
@@ -152,6 +153,9 @@ impl Node {
         for own in own_addrs(&config, local_addr) {
             addrs.add_own(own);
         }
+        if let Some(path) = &config.peers_file {
+            restore_peers_file(&mut addrs, path);
+        }
         let shared = Arc::new(Shared {
             id: NodeId::random(),
             local_addr,
@@ -195,6 +199,8 @@ impl Node {
             }
         };
         log::info!("node {} listening on {local_addr}", shared.id);
+        // Cached addresses are dialled at once, not on the first tick.
+        shared.dial_more();
         Ok(Node {
             shared,
             events: events_rx,
@@ -454,6 +460,7 @@ impl Node {
                 }
             }
         }
+        shared.save_peers_file();
         log::info!("node {} stopped", shared.id);
     }
 }
@@ -484,6 +491,21 @@ pub fn resolve_peer_addr(s: &str) -> Result<SocketAddr, Error> {
         .or(addrs.first())
         .copied()
         .ok_or_else(|| Error::BadAddress(format!("{s:?} resolves to no address")))
+}
+
+/// Loads the peers file into the address book. Nothing here stops the node: a
+/// missing or unusable file is a warning, and the node starts with an empty book.
+fn restore_peers_file(book: &mut AddrBook, path: &std::path::Path) {
+    match peer_cache::load(path) {
+        Ok(loaded) => {
+            for (line, why) in &loaded.skipped {
+                log::warn!("{}:{line}: skipped: {why}", path.display());
+            }
+            let n = book.restore(&loaded.addrs, Instant::now());
+            log::info!("restored {n} addresses from {}", path.display());
+        }
+        Err(e) => log::warn!("{e}; starting without cached peers"),
+    }
 }
 
 /// Addresses that reach this node itself, so it never stores or dials them.
@@ -822,6 +844,19 @@ impl Shared {
             book.mark_success(addr, Instant::now());
         } else {
             book.mark_failure(addr, Instant::now());
+        }
+    }
+
+    /// Writes the address book to the peers file, if there is one. A failure is a
+    /// warning; the node runs on and tries again at the next interval.
+    pub(crate) fn save_peers_file(&self) {
+        let Some(path) = &self.config.peers_file else {
+            return;
+        };
+        let entries = self.addrs.lock().to_cache();
+        match peer_cache::save(path, &entries) {
+            Ok(()) => log::debug!("saved {} addresses to {}", entries.len(), path.display()),
+            Err(e) => log::warn!("cannot write peer cache {}: {e}", path.display()),
         }
     }
 

@@ -176,12 +176,20 @@ impl NodeProc {
     /// Starts a node on 127.0.0.1 port 0 with `extra` arguments after the port (e.g.
     /// the bootstrap peer) and reads its first line.
     fn start(log: &Log, name: &str, extra: &[&str]) -> NodeProc {
-        let mut args = vec!["0"];
+        NodeProc::start_on(log, name, "0", extra)
+    }
+
+    /// As `start`, on a given port (a restart must come back on the same one).
+    fn start_on(log: &Log, name: &str, port: &str, extra: &[&str]) -> NodeProc {
+        let mut args = vec![port];
         args.extend_from_slice(extra);
         args.extend_from_slice(&["--bind", "127.0.0.1"]);
         let mut child = Command::new(BIN)
             .args(&args)
             .env_remove("RUST_LOG")
+            // A default peer cache would go under $XDG_STATE_HOME: keep it in a
+            // temporary folder, never the user's home.
+            .env("XDG_STATE_HOME", state_home())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -389,6 +397,15 @@ impl NodeProc {
         self.log.push(format!("[{}] <- SIG{signal}", self.name));
         send_signal(self.pid(), signal);
     }
+}
+
+/// The `XDG_STATE_HOME` of every node these tests start: one temporary folder per
+/// test process, removed when the process exits... or left in the temp dir if it is
+/// killed, never in `$HOME`.
+fn state_home() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("temporary state folder"))
+        .path()
 }
 
 /// `node <16 hex> listening on 127.0.0.1:<port>` → (id, port).
@@ -848,6 +865,128 @@ echo "status $?"
             "status 0",
             "round {round}: SIGTERM right after the first line\n{}",
             log.dump()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Peer cache
+// ---------------------------------------------------------------------------------
+
+/// A port nobody listens on right now, from the OS (bound, read, released), for a
+/// node that must come back on the same port after a restart.
+fn free_port() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port().to_string()
+}
+
+/// A node restarted without a bootstrap address rejoins through its peer cache;
+/// `known` lists the cached address and `forget` removes it.
+#[test]
+fn restarted_node_rejoins_without_bootstrap() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("b-peers.txt");
+    let file_arg = file.to_str().expect("utf-8 path");
+    let log = Log::default();
+    let mut a = NodeProc::start(&log, "A", &[]);
+    let port = free_port();
+    let a_port = a.port.to_string();
+
+    let mut b = NodeProc::start_on(
+        &log,
+        "B",
+        &port,
+        &["127.0.0.1", &a_port, "--peers-file", file_arg],
+    );
+    b.expect_exact(&format!("peer up: {} (id {}, out)", a.addr(), a.id));
+    b.send_line("exit");
+    b.expect_clean_exit();
+    a.expect_exact(&format!("peer down: {} (left)", b.addr()));
+
+    // No bootstrap this time.
+    let mut b2 = NodeProc::start_on(&log, "B2", &port, &["--peers-file", file_arg]);
+    b2.expect_exact(&format!("peer up: {} (id {}, out)", a.addr(), a.id));
+    a.expect_exact(&format!("peer up: {} (id {}, in)", b2.addr(), b2.id));
+    b2.send_line("known");
+    b2.expect_line("A in `known`", |l| {
+        l.starts_with(&format!("{} ", a.addr())) && l.contains("failures=0")
+    });
+    b2.send_line(&format!("forget {}", a.addr()));
+    b2.expect_exact(&format!("forgot {}", a.addr()));
+    b2.send_line("exit");
+    b2.expect_clean_exit();
+    // Forgotten addresses stay forgotten in the file; B2's own address never appears.
+    let loaded = p2p_overlay::peer_cache::load(&file).expect("cache loads");
+    let addrs: Vec<String> = loaded.addrs.iter().map(|c| c.addr.to_string()).collect();
+    assert!(!addrs.contains(&a.addr()), "{addrs:?}");
+    assert!(!addrs.contains(&b2.addr()), "{addrs:?}");
+
+    a.send_line("exit");
+    a.expect_clean_exit();
+}
+
+/// `kill -9` at any moment while the node rewrites a 1000-entry cache every few
+/// milliseconds leaves a file that loads whole: atomic replace, never a torn file.
+#[test]
+fn kill_9_during_cache_writes_never_leaves_a_torn_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("peers.txt");
+    let file_arg = file.to_str().expect("utf-8 path");
+    let mut text = format!("{}\n", p2p_overlay::peer_cache::HEADER);
+    for i in 0..1000u32 {
+        text.push_str(&format!(
+            "127.0.{}.{}:{} seen=1 success=-\n",
+            i / 200,
+            1 + i % 200,
+            2000 + i
+        ));
+    }
+    std::fs::write(&file, text).expect("write cache");
+    let log = Log::default();
+    for round in 0..40u64 {
+        let mut n = NodeProc::start(
+            &log,
+            &format!("N{round}"),
+            &[
+                "--peers-file",
+                file_arg,
+                "--peers-file-interval-ms",
+                "1",
+                "--heartbeat-ms",
+                "40",
+                "--timeout-ms",
+                "200",
+                // Nobody listens on the cached addresses: do not dial them.
+                "--no-auto-dial",
+            ],
+        );
+        // Let it rewrite the file a few times (each maintenance tick, 10 ms), then
+        // kill it at a different point of its write cycle every round.
+        let before = std::fs::metadata(&file).and_then(|m| m.modified()).ok();
+        let deadline = Instant::now() + WAIT;
+        while std::fs::metadata(&file).and_then(|m| m.modified()).ok() == before {
+            assert!(
+                Instant::now() < deadline,
+                "the node never rewrote its cache"
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+        thread::sleep(Duration::from_micros(700 * (round % 15)));
+        n.signal("KILL");
+        n.expect_exit();
+        let loaded = p2p_overlay::peer_cache::load(&file)
+            .unwrap_or_else(|e| panic!("round {round}: {e}\n{}", log.dump()));
+        assert!(
+            loaded.skipped.is_empty(),
+            "round {round}: {:?}",
+            loaded.skipped
+        );
+        assert_eq!(loaded.addrs.len(), 1000, "round {round}");
+        // A killed writer may leave its temporary file; the next start removes it.
+        let leftovers = std::fs::read_dir(dir.path()).expect("read_dir").count() - 1;
+        assert!(
+            leftovers <= 1,
+            "round {round}: {leftovers} temporary files pile up"
         );
     }
 }
