@@ -43,6 +43,13 @@ pub(crate) fn run(shared: Arc<Shared>, stop: Receiver<()>) {
             shared.save_peers_file();
         }
         shared.dial_more();
+        let (half, shut) = shared.table.lock().due_retiring(Instant::now());
+        for s in half {
+            let _ = s.shutdown(std::net::Shutdown::Write);
+        }
+        for s in shut {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
         let finished = shared.table.lock().take_threads(false);
         for h in finished {
             if h.join().is_err() {

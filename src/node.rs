@@ -33,7 +33,7 @@ use crate::maintenance;
 use crate::p2p_message::{Broadcast, Join, NodeId, P2PMessage, LEN_PREFIX, PROTOCOL_VERSION};
 use crate::peer_cache;
 use crate::peer_connection_factory::{spawn_named, PeerConnectionFactory};
-use crate::peer_table::{Insert, Link, Outbound, PeerTable};
+use crate::peer_table::{Insert, Link, Outbound, PeerTable, Retiring};
 use crate::seen_cache::SeenCache;
 
 /// Most addresses sent in one PEERS message.
@@ -42,6 +42,11 @@ const PEERS_PER_EXCHANGE: usize = 128;
 /// How long a node waits before redialing a peer that said LEAVE (or that the user
 /// disconnected): it is going away on purpose. A node that restarts dials us itself.
 pub(crate) const LEAVE_REDIAL_DELAY: Duration = Duration::from_secs(60);
+
+/// How long a connection that lost to a duplicate stays open for reading before we
+/// half-close it: the peer may still be finishing the handshake of the winner, and
+/// closing the loser first would make it report the link down and up again.
+const DUPLICATE_LINGER: Duration = Duration::from_secs(1);
 
 /// How long `stop` lets links close gracefully (LEAVE flushed, peer hangs up) before it
 /// shuts every socket down.
@@ -106,6 +111,16 @@ struct Stats {
     frames_forwarded: AtomicU64,
     slow_peers_dropped: AtomicU64,
     events_dropped: AtomicU64,
+}
+
+/// What [`Shared::queue_frame`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Queued {
+    Yes,
+    /// The queue was full: the peer was dropped as too slow.
+    PeerDropped,
+    /// The link is closing (its writer is gone); nothing to do.
+    LinkClosing,
 }
 
 /// What `handle_join` decided for a connection that completed its handshake.
@@ -440,6 +455,15 @@ impl Node {
             });
         }
         drop(links);
+        // Duplicates being wound down are half-closed now rather than after their
+        // linger, so the graceful wait below is not spent waiting for them.
+        let retiring = shared.table.lock().drain_retiring();
+        for r in retiring {
+            let told_writer = r.tx.is_some_and(|tx| tx.try_send(Outbound::Close).is_ok());
+            if !told_writer {
+                let _ = r.stream.shutdown(std::net::Shutdown::Write);
+            }
+        }
 
         let deadline = Instant::now() + GRACEFUL_CLOSE;
         while Instant::now() < deadline && shared.table.lock().threads_running() > 0 {
@@ -650,18 +674,22 @@ impl Shared {
         if !self.is_running() {
             return HandleJoin::Refused("node is stopping".into());
         }
-        let outcome = self
-            .table
-            .lock()
-            .insert(Arc::clone(&link), self.config.max_links);
+        // A link silent for two heartbeats may belong to a node that is gone.
+        let stale_ms = 2 * self.config.heartbeat_interval.as_millis() as u64;
+        let stale_before = self.now_ms().saturating_sub(stale_ms);
+        let outcome =
+            self.table
+                .lock()
+                .insert(Arc::clone(&link), self.config.max_links, stale_before);
         match outcome {
             Insert::Added { replaced } => {
                 let mut same_node = false;
                 for old in replaced {
-                    let _ = old.stream.shutdown(std::net::Shutdown::Both);
                     if old.node_id == link.node_id {
                         same_node = true;
+                        self.retire_replaced(&old);
                     } else {
+                        let _ = old.stream.shutdown(std::net::Shutdown::Both);
                         log::info!(
                             "{}: node {} replaced by node {} on the same address",
                             old.addr,
@@ -691,7 +719,43 @@ impl Shared {
             Insert::Full => {
                 HandleJoin::Refused(format!("link limit {} reached", self.config.max_links))
             }
+            Insert::AddressTaken => HandleJoin::Refused(format!(
+                "{} is linked to another node that is alive",
+                link.addr
+            )),
         }
+    }
+
+    /// Winds down a link that a better duplicate connection to the same node replaced.
+    /// After [`DUPLICATE_LINGER`] its writer flushes what was queued (a sender may
+    /// have picked the link just before it was replaced) and half-closes; until the
+    /// peer closes too, its reader goes on delivering.
+    fn retire_replaced(&self, old: &Link) {
+        self.add_retiring(old, Some(old.tx.clone()));
+    }
+
+    /// Winds down a new connection that lost to the existing link: it is read until the
+    /// peer closes it, and half-closed by us after [`DUPLICATE_LINGER`].
+    pub(crate) fn retire_duplicate(&self, conn: &Link) {
+        self.add_retiring(conn, None);
+    }
+
+    /// The linger gives the peer time to finish the winning handshake before it sees
+    /// this connection end; otherwise it would report the link down and up again.
+    /// Whatever happens, the connection is shut after the handshake timeout more.
+    fn add_retiring(&self, link: &Link, tx: Option<Sender<Outbound>>) {
+        let Ok(stream) = link.stream.try_clone() else {
+            let _ = link.stream.shutdown(std::net::Shutdown::Both);
+            return;
+        };
+        let half_close_at = Instant::now() + DUPLICATE_LINGER;
+        self.table.lock().add_retiring(Retiring {
+            conn_id: link.conn_id,
+            stream,
+            tx,
+            half_close_at: Some(half_close_at),
+            give_up_at: half_close_at + self.config.handshake_timeout,
+        });
     }
 
     /// Removes `link` from the table (if it is still the current link to that node),
@@ -728,14 +792,14 @@ impl Shared {
 
     /// Queues a frame without waiting, for the node's own threads. A full queue means the
     /// peer stopped reading: it is dropped, so it can never delay anyone else.
-    pub(crate) fn queue_frame(&self, link: &Link, frame: Arc<[u8]>) -> bool {
+    pub(crate) fn queue_frame(&self, link: &Link, frame: Arc<[u8]>) -> Queued {
         match link.tx.try_send(Outbound::Frame(frame)) {
-            Ok(()) => true,
+            Ok(()) => Queued::Yes,
             Err(TrySendError::Full(_)) => {
                 self.drop_slow_peer(link);
-                false
+                Queued::PeerDropped
             }
-            Err(TrySendError::Disconnected(_)) => false,
+            Err(TrySendError::Disconnected(_)) => Queued::LinkClosing,
         }
     }
 
@@ -916,7 +980,7 @@ impl Shared {
                 if is_sender || link.node_id == b.origin {
                     continue;
                 }
-                if self.queue_frame(&link, Arc::clone(&frame)) {
+                if self.queue_frame(&link, Arc::clone(&frame)) == Queued::Yes {
                     self.stats.frames_forwarded.fetch_add(1, Ordering::Relaxed);
                 }
             }

@@ -27,7 +27,7 @@ use crossbeam_channel::{bounded, Receiver};
 
 use crate::error::Error;
 use crate::event::{Direction, Event};
-use crate::node::{HandleJoin, Shared};
+use crate::node::{HandleJoin, Queued, Shared};
 use crate::p2p_message::{read_frame, DecodeError, Join, P2PMessage, PROTOCOL_VERSION};
 use crate::peer_connection_factory::{spawn_named, DialWaiter};
 use crate::peer_table::{Link, Outbound};
@@ -207,8 +207,12 @@ impl PeerConnection {
         match shared.handle_join(Arc::clone(&link)) {
             HandleJoin::Linked => {}
             HandleJoin::Duplicate(existing) => {
-                log::debug!("{addr}: duplicate connection closed, keeping the other one");
+                log::debug!("{addr}: duplicate connection, keeping the other one");
                 self.finish_dial(Ok(existing.info()));
+                // Deliver whatever the peer sent here before it saw the winner.
+                drop(rx);
+                shared.retire_duplicate(&link);
+                self.read_loop(&link, stream_for_reader);
                 return;
             }
             HandleJoin::Refused(reason) => {
@@ -296,7 +300,7 @@ impl PeerConnection {
                 }),
                 P2PMessage::Ping { nonce } => {
                     let pong: Arc<[u8]> = P2PMessage::Pong { nonce }.encode().into();
-                    if !shared.queue_frame(link, pong) {
+                    if shared.queue_frame(link, pong) == Queued::PeerDropped {
                         return Closed::Fault("outbound queue full".into());
                     }
                 }
@@ -347,6 +351,11 @@ fn writer_loop(stream: TcpStream, rx: Receiver<Outbound>) {
                 match item {
                     Outbound::Frame(f) => out.write_all(&f)?,
                     Outbound::Close => {
+                        // Frames queued after Close (a sender racing a replacement)
+                        // still go out before the half-close.
+                        while let Ok(Outbound::Frame(f)) = rx.try_recv() {
+                            out.write_all(&f)?;
+                        }
                         out.flush()?;
                         return Ok(true);
                     }

@@ -100,6 +100,22 @@ impl Link {
     }
 }
 
+/// A connection that lost the one-link-per-pair rule. It is no longer a link (nothing
+/// new is queued on it), but its reader keeps delivering what the peer already sent
+/// until the peer closes it, so a message sent during a simultaneous dial is never
+/// lost. The maintenance thread enforces the two deadlines.
+pub(crate) struct Retiring {
+    pub conn_id: u64,
+    pub stream: TcpStream,
+    /// The queue of its writer, if it has one: at `half_close_at` the writer is told
+    /// to flush and half-close, so nothing already queued is cut off.
+    pub tx: Option<Sender<Outbound>>,
+    /// When to half-close it.
+    pub half_close_at: Option<Instant>,
+    /// When to shut it down whatever the peer does.
+    pub give_up_at: Instant,
+}
+
 /// What [`PeerTable::insert`] decided.
 pub(crate) enum Insert {
     /// The new link is live. `replaced` are older links it superseded: a duplicate
@@ -110,6 +126,9 @@ pub(crate) enum Insert {
     Kept(Arc<Link>),
     /// `max_links` reached.
     Full,
+    /// Another node holds this listen address and is alive; the newcomer is refused,
+    /// so a JOIN that merely claims an address cannot push a live peer out.
+    AddressTaken,
 }
 
 /// Links by node id, open sockets by connection id, and connection threads.
@@ -122,6 +141,8 @@ pub(crate) struct PeerTable {
     threads: Vec<JoinHandle<()>>,
     /// Addresses with a dial in progress, so one address is dialled once at a time.
     dialing: HashSet<SocketAddr>,
+    /// Duplicate connections being wound down.
+    retiring: Vec<Retiring>,
 }
 
 impl PeerTable {
@@ -131,7 +152,16 @@ impl PeerTable {
     /// repeated), each side keeps the one with the smaller `dial_key`, the dialler's
     /// id and source port, which both ends know alike, so both keep the *same* TCP
     /// connection whatever order their handshakes finished in.
-    pub(crate) fn insert(&mut self, link: Arc<Link>, max_links: usize) -> Insert {
+    ///
+    /// A link of another node id on the same listen address is replaced only when it
+    /// has been silent since `stale_before_ms` (the node restarted with a new id and
+    /// the old connection never closed); a live one keeps the address.
+    pub(crate) fn insert(
+        &mut self,
+        link: Arc<Link>,
+        max_links: usize,
+        stale_before_ms: u64,
+    ) -> Insert {
         let mut replaced = Vec::new();
         if let Some(old) = self.links.get(&link.node_id) {
             if old.dial_key <= link.dial_key {
@@ -141,12 +171,18 @@ impl PeerTable {
         } else if self.links.len() >= max_links {
             return Insert::Full;
         }
-        let stale: Vec<NodeId> = self
+        let others: Vec<&Arc<Link>> = self
             .links
             .values()
             .filter(|l| l.addr == link.addr && l.node_id != link.node_id)
-            .map(|l| l.node_id)
             .collect();
+        if others
+            .iter()
+            .any(|l| l.last_seen_ms.load(Ordering::Relaxed) >= stale_before_ms)
+        {
+            return Insert::AddressTaken;
+        }
+        let stale: Vec<NodeId> = others.iter().map(|l| l.node_id).collect();
         for id in stale {
             if let Some(l) = self.links.remove(&id) {
                 replaced.push(l);
@@ -195,6 +231,47 @@ impl PeerTable {
 
     pub(crate) fn remove_conn(&mut self, conn_id: u64) {
         self.conns.remove(&conn_id);
+        self.retiring.retain(|r| r.conn_id != conn_id);
+    }
+
+    pub(crate) fn add_retiring(&mut self, r: Retiring) {
+        self.retiring.push(r);
+    }
+
+    /// Takes every retiring connection (node shutdown).
+    pub(crate) fn drain_retiring(&mut self) -> Vec<Retiring> {
+        std::mem::take(&mut self.retiring)
+    }
+
+    /// Sockets whose retirement deadlines passed: `(to half-close, to shut down)`.
+    pub(crate) fn due_retiring(&mut self, now: Instant) -> (Vec<TcpStream>, Vec<TcpStream>) {
+        let mut half = Vec::new();
+        let mut shut = Vec::new();
+        self.retiring.retain_mut(|r| {
+            if r.give_up_at <= now {
+                if let Ok(s) = r.stream.try_clone() {
+                    shut.push(s);
+                }
+                return false;
+            }
+            if r.half_close_at.is_some_and(|t| t <= now) {
+                r.half_close_at = None;
+                match r.tx.take() {
+                    // A writer whose queue is still full is left to the give-up
+                    // deadline rather than cut off mid-queue.
+                    Some(tx) => {
+                        let _ = tx.try_send(Outbound::Close);
+                    }
+                    None => {
+                        if let Ok(s) = r.stream.try_clone() {
+                            half.push(s);
+                        }
+                    }
+                }
+            }
+            true
+        });
+        (half, shut)
     }
 
     pub(crate) fn conn_count(&self) -> usize {
@@ -277,12 +354,12 @@ mod tests {
         let b = || link(2, 7, "127.0.0.1:9000", (7, 4000));
         // a first, then b: b loses.
         let mut t = PeerTable::default();
-        assert!(matches!(t.insert(a(), 8), Insert::Added { .. }));
-        assert!(matches!(t.insert(b(), 8), Insert::Kept(l) if l.conn_id == 1));
+        assert!(matches!(t.insert(a(), 8, 0), Insert::Added { .. }));
+        assert!(matches!(t.insert(b(), 8, 0), Insert::Kept(l) if l.conn_id == 1));
         // b first, then a: a replaces b.
         let mut t = PeerTable::default();
-        assert!(matches!(t.insert(b(), 8), Insert::Added { .. }));
-        match t.insert(a(), 8) {
+        assert!(matches!(t.insert(b(), 8, 0), Insert::Added { .. }));
+        match t.insert(a(), 8, 0) {
             Insert::Added { replaced } => {
                 assert_eq!(replaced.len(), 1);
                 assert_eq!(replaced[0].conn_id, 2);
@@ -297,10 +374,17 @@ mod tests {
     fn new_node_on_same_address_replaces_stale_entry() {
         let mut t = PeerTable::default();
         assert!(matches!(
-            t.insert(link(1, 7, "127.0.0.1:9000", (7, 1)), 8),
+            t.insert(link(1, 7, "127.0.0.1:9000", (7, 1)), 8, 0),
             Insert::Added { .. }
         ));
-        match t.insert(link(2, 8, "127.0.0.1:9000", (8, 1)), 8) {
+        // Node 7 was last heard of at 0 ms; with "stale before 0" it still counts as
+        // alive and keeps its address against a newcomer's claim.
+        assert!(matches!(
+            t.insert(link(2, 8, "127.0.0.1:9000", (8, 1)), 8, 0),
+            Insert::AddressTaken
+        ));
+        // Silent since before 1 ms: stale, replaced.
+        match t.insert(link(2, 8, "127.0.0.1:9000", (8, 1)), 8, 1) {
             Insert::Added { replaced } => assert_eq!(replaced[0].node_id, NodeId(7)),
             _ => panic!("stale entry should be replaced"),
         }
@@ -311,7 +395,7 @@ mod tests {
     #[test]
     fn removal_only_by_current_connection() {
         let mut t = PeerTable::default();
-        t.insert(link(1, 7, "127.0.0.1:9000", (7, 1)), 8);
+        t.insert(link(1, 7, "127.0.0.1:9000", (7, 1)), 8, 0);
         assert!(
             t.remove(NodeId(7), 99).is_none(),
             "old duplicate must not remove"
@@ -323,9 +407,9 @@ mod tests {
     #[test]
     fn max_links_is_enforced() {
         let mut t = PeerTable::default();
-        t.insert(link(1, 1, "127.0.0.1:1", (1, 1)), 1);
+        t.insert(link(1, 1, "127.0.0.1:1", (1, 1)), 1, 0);
         assert!(matches!(
-            t.insert(link(2, 2, "127.0.0.1:2", (2, 1)), 1),
+            t.insert(link(2, 2, "127.0.0.1:2", (2, 1)), 1, 0),
             Insert::Full
         ));
     }

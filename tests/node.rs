@@ -314,7 +314,6 @@ fn simultaneous_dials_leave_exactly_one_link() {
 }
 
 #[test]
-#[ignore = "BUG: a message sent right after simultaneous dials can be lost on the losing duplicate connection"]
 fn messages_sent_right_after_simultaneous_dials_arrive() {
     let text = |n: &TestNode| format!("right after dialing, from {}", n.addr());
     for round in 0..100 {
@@ -340,7 +339,6 @@ fn messages_sent_right_after_simultaneous_dials_arrive() {
 }
 
 #[test]
-#[ignore = "BUG: simultaneous dials can show the application PeerUp, PeerDown, PeerUp for one link"]
 fn simultaneous_dials_report_one_peer_up_and_no_peer_down() {
     for round in 0..20 {
         let (a, b) = quiet_pair();
