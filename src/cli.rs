@@ -329,6 +329,15 @@ pub fn format_info(i: &NodeInfo) -> Vec<String> {
         ),
         format!("seen-cache: {} broadcast ids", i.seen_ids),
         format!(
+            "handshakes: {} pending, {} failed, {} connections refused, {} links refused",
+            i.pending_handshakes, i.handshakes_failed, i.refused_connections, i.refused_links
+        ),
+        format!(
+            "dial failures: {} (see 'known' for each address's backoff)",
+            i.dial_failures
+        ),
+        format!("frames ignored: {}", i.frames_ignored),
+        format!(
             "dropped: {} slow peers, {} events",
             i.slow_peers_dropped, i.events_dropped
         ),

@@ -33,6 +33,13 @@ pub struct Config {
     /// Hard cap on links of both directions; a handshake past it is refused.
     /// Defaults to 128.
     pub max_links: usize,
+    /// Cap on links the peer dialled. Defaults to 64, half of `max_links`, so a flood
+    /// of inbound peers cannot take the slots this node needs for its own dials.
+    pub max_inbound_links: usize,
+    /// Cap on accepted connections still in their handshake. Past it, a new socket is
+    /// closed at once (and counted), so idle or slow connections cannot pile up
+    /// threads. Defaults to 32; a real handshake takes one round trip.
+    pub max_pending_handshakes: usize,
     /// Whether the node dials addresses it learns by peer exchange. Defaults to `true`;
     /// turning it off leaves only explicit `connect_to_peer` calls (tests use it to
     /// build a fixed topology).
@@ -87,6 +94,8 @@ impl Default for Config {
             network: "p2p-overlay".to_string(),
             target_links: 8,
             max_links: 128,
+            max_inbound_links: 64,
+            max_pending_handshakes: 32,
             auto_dial: true,
             heartbeat_interval: Duration::from_secs(1),
             peer_timeout: Duration::from_secs(3),
@@ -150,8 +159,16 @@ impl Config {
                 self.max_frame
             ));
         }
-        if self.queue_len == 0 || self.max_links == 0 {
-            return bad("queue length and max links must be above 0".into());
+        if self.queue_len == 0
+            || self.max_links == 0
+            || self.max_inbound_links == 0
+            || self.max_pending_handshakes == 0
+        {
+            return bad(
+                "queue length, max links, max inbound links and max pending handshakes \
+                 must be above 0"
+                    .into(),
+            );
         }
         if self.target_links > self.max_links {
             return bad(format!(

@@ -69,6 +69,14 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 128)]
     max_links: usize,
 
+    /// Most links dialled by the peer (the rest is kept for our own dials)
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    max_inbound: usize,
+
+    /// Most accepted connections still in their handshake; more are closed at once
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    max_pending: usize,
+
     /// Do not dial addresses learned from peers (only the bootstrap and 'connect')
     #[arg(long)]
     no_auto_dial: bool,
@@ -127,6 +135,8 @@ impl Args {
             network: self.network.clone(),
             target_links: self.target_links,
             max_links: self.max_links,
+            max_inbound_links: self.max_inbound,
+            max_pending_handshakes: self.max_pending,
             auto_dial: !self.no_auto_dial,
             heartbeat_interval: Duration::from_millis(self.heartbeat_ms),
             peer_timeout: Duration::from_millis(self.timeout_ms),

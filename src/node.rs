@@ -33,7 +33,7 @@ use crate::maintenance;
 use crate::p2p_message::{Broadcast, Join, NodeId, P2PMessage, LEN_PREFIX, PROTOCOL_VERSION};
 use crate::peer_cache;
 use crate::peer_connection_factory::{spawn_named, PeerConnectionFactory};
-use crate::peer_table::{Insert, Link, Outbound, PeerTable, Retiring};
+use crate::peer_table::{Insert, Limits, Link, Outbound, PeerTable, Retiring};
 use crate::seen_cache::SeenCache;
 
 /// Most addresses sent in one PEERS message.
@@ -102,6 +102,20 @@ pub struct NodeInfo {
     pub events_dropped: u64,
     /// Broadcast ids in the seen-cache (bounded by `seen_cache_size`).
     pub seen_ids: usize,
+    /// Accepted sockets closed at once because `max_pending_handshakes` were pending.
+    pub refused_connections: u64,
+    /// Handshakes refused for a link cap or an address held by a live peer.
+    pub refused_links: u64,
+    /// Connections closed during the handshake (timeout, bad or missing JOIN,
+    /// wrong network or version, refusal).
+    pub handshakes_failed: u64,
+    /// Dials that failed to connect or to complete the handshake.
+    pub dial_failures: u64,
+    /// Accepted sockets in their handshake right now.
+    pub pending_handshakes: usize,
+    /// Frames ignored as the protocol says: unknown types, broadcasts whose hop
+    /// count is out of range.
+    pub frames_ignored: u64,
 }
 
 #[derive(Default)]
@@ -111,6 +125,11 @@ struct Stats {
     frames_forwarded: AtomicU64,
     slow_peers_dropped: AtomicU64,
     events_dropped: AtomicU64,
+    refused_connections: AtomicU64,
+    refused_links: AtomicU64,
+    handshakes_failed: AtomicU64,
+    dial_failures: AtomicU64,
+    frames_ignored: AtomicU64,
 }
 
 /// What [`Shared::queue_frame`] did.
@@ -146,6 +165,8 @@ pub(crate) struct Shared {
     epoch: Instant,
     next_conn: AtomicU64,
     next_seq: AtomicU64,
+    /// Accepted sockets still in their handshake (see `max_pending_handshakes`).
+    pending_handshakes: std::sync::atomic::AtomicUsize,
     stats: Stats,
 }
 
@@ -186,6 +207,7 @@ impl Node {
             epoch: Instant::now(),
             next_conn: AtomicU64::new(1),
             next_seq: AtomicU64::new(1),
+            pending_handshakes: std::sync::atomic::AtomicUsize::new(0),
             stats: Stats::default(),
             config,
         });
@@ -340,8 +362,19 @@ impl Node {
         shared.seen.lock().insert((b.origin, b.seq), Instant::now());
         let frame = shared.checked_frame(&P2PMessage::Broadcast(b))?;
         let links = shared.table.lock().links();
+        // Every link with room gets it now; only then does the caller wait (up to the
+        // peer timeout) for links whose queue is full, so a stuck peer delays nobody
+        // else's copy, and is dropped if it stays stuck.
         let mut sent = 0;
-        for link in &links {
+        let mut full = Vec::new();
+        for link in links {
+            match link.tx.try_send(Outbound::Frame(Arc::clone(&frame))) {
+                Ok(()) => sent += 1,
+                Err(TrySendError::Full(_)) => full.push(link),
+                Err(TrySendError::Disconnected(_)) => {}
+            }
+        }
+        for link in &full {
             if shared.send_blocking(link, Arc::clone(&frame)).is_ok() {
                 sent += 1;
             }
@@ -409,6 +442,12 @@ impl Node {
             slow_peers_dropped: load(&s.stats.slow_peers_dropped),
             events_dropped: load(&s.stats.events_dropped),
             seen_ids,
+            refused_connections: load(&s.stats.refused_connections),
+            refused_links: load(&s.stats.refused_links),
+            handshakes_failed: load(&s.stats.handshakes_failed),
+            dial_failures: load(&s.stats.dial_failures),
+            frames_ignored: load(&s.stats.frames_ignored),
+            pending_handshakes: s.pending_handshakes.load(Ordering::Relaxed),
         }
     }
 
@@ -570,10 +609,19 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             break;
         }
         match stream {
-            Ok(s) => match s.peer_addr() {
-                Ok(remote) => factory.create_connection(s, remote),
-                Err(e) => log::debug!("accepted socket has no peer address: {e}"),
-            },
+            Ok(s) => {
+                // Refused sockets are dropped, i.e. closed, right here.
+                if !shared.admit_pending() {
+                    continue;
+                }
+                match s.peer_addr() {
+                    Ok(remote) => factory.create_connection(s, remote),
+                    Err(e) => {
+                        shared.end_pending();
+                        log::debug!("accepted socket has no peer address: {e}");
+                    }
+                }
+            }
             Err(e) => {
                 // Out of file descriptors and similar: back off instead of spinning.
                 log::warn!("accept failed: {e}");
@@ -677,10 +725,10 @@ impl Shared {
         // A link silent for two heartbeats may belong to a node that is gone.
         let stale_ms = 2 * self.config.heartbeat_interval.as_millis() as u64;
         let stale_before = self.now_ms().saturating_sub(stale_ms);
-        let outcome =
-            self.table
-                .lock()
-                .insert(Arc::clone(&link), self.config.max_links, stale_before);
+        let outcome = self
+            .table
+            .lock()
+            .insert(Arc::clone(&link), self.limits(), stale_before);
         match outcome {
             Insert::Added { replaced } => {
                 let mut same_node = false;
@@ -717,13 +765,68 @@ impl Shared {
             }
             Insert::Kept(existing) => HandleJoin::Duplicate(existing),
             Insert::Full => {
-                HandleJoin::Refused(format!("link limit {} reached", self.config.max_links))
+                self.stats.refused_links.fetch_add(1, Ordering::Relaxed);
+                HandleJoin::Refused(format!(
+                    "link limit reached ({} links, at most {} inbound)",
+                    self.config.max_links, self.config.max_inbound_links
+                ))
             }
-            Insert::AddressTaken => HandleJoin::Refused(format!(
-                "{} is linked to another node that is alive",
-                link.addr
-            )),
+            Insert::AddressTaken => {
+                self.stats.refused_links.fetch_add(1, Ordering::Relaxed);
+                HandleJoin::Refused(format!(
+                    "{} is linked to another node that is alive",
+                    link.addr
+                ))
+            }
         }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_links: self.config.max_links,
+            max_inbound: self.config.max_inbound_links,
+        }
+    }
+
+    /// Counts an accepted socket as a pending handshake; `false` (and counted as
+    /// refused) when `max_pending_handshakes` are pending already.
+    pub(crate) fn admit_pending(&self) -> bool {
+        let before = self.pending_handshakes.fetch_add(1, Ordering::SeqCst);
+        if before < self.config.max_pending_handshakes {
+            return true;
+        }
+        self.pending_handshakes.fetch_sub(1, Ordering::SeqCst);
+        let n = self
+            .stats
+            .refused_connections
+            .fetch_add(1, Ordering::Relaxed);
+        if n % 1000 == 0 {
+            log::warn!(
+                "{} handshakes pending: refusing new connections ({} refused so far)",
+                self.config.max_pending_handshakes,
+                n + 1
+            );
+        }
+        false
+    }
+
+    /// An admitted connection finished its handshake, or failed it.
+    pub(crate) fn end_pending(&self) {
+        self.pending_handshakes.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Counts a frame the protocol says to ignore (unknown type, hop count out of
+    /// range). The first and every 1000th is logged, so a peer cannot flood the log.
+    pub(crate) fn count_ignored_frame(&self, why: &str) {
+        let n = self.stats.frames_ignored.fetch_add(1, Ordering::Relaxed);
+        if n % 1000 == 0 {
+            log::warn!("{why} ({} frames ignored so far)", n + 1);
+        }
+    }
+
+    /// A handshake failed (timeout, bad JOIN, refusal).
+    pub(crate) fn count_handshake_failure(&self) {
+        self.stats.handshakes_failed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Winds down a link that a better duplicate connection to the same node replaced.
@@ -907,6 +1010,7 @@ impl Shared {
         if ok {
             book.mark_success(addr, Instant::now());
         } else {
+            self.stats.dial_failures.fetch_add(1, Ordering::Relaxed);
             book.mark_failure(addr, Instant::now());
         }
     }
@@ -940,13 +1044,10 @@ impl Shared {
     /// count is below the limit. `from` is `None` only for our own broadcasts.
     pub(crate) fn handle_broadcast(&self, b: Broadcast, from: Option<&Arc<Link>>) {
         if b.hops == 0 || b.hops > self.config.hop_limit {
-            log::warn!(
+            self.count_ignored_frame(&format!(
                 "dropping broadcast {}:{} with hop count {} (limit {})",
-                b.origin,
-                b.seq,
-                b.hops,
-                self.config.hop_limit
-            );
+                b.origin, b.seq, b.hops, self.config.hop_limit
+            ));
             return;
         }
         if b.origin == self.id || !self.seen.lock().insert((b.origin, b.seq), Instant::now()) {

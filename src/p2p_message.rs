@@ -34,6 +34,12 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// enough that a hostile length prefix costs at most this much memory per connection.
 pub const DEFAULT_MAX_FRAME: u32 = 1 << 20;
 
+/// Largest frame accepted before the handshake completes. A JOIN is at most 121 bytes
+/// (with the longest network name and two IPv6 addresses); the rest is room for
+/// fields a later version may append. Until a peer has joined it gets no more memory
+/// than this.
+pub const MAX_JOIN_FRAME: u32 = 1024;
+
 /// Bytes in the length prefix.
 pub const LEN_PREFIX: usize = 4;
 
@@ -303,9 +309,9 @@ impl From<io::Error> for DecodeError {
 /// `Truncated` when the stream ends inside one. The length is checked against
 /// `max_frame` before the body buffer is allocated. Blocks until a whole frame is in,
 /// or the reader's timeout fires (`Io`).
-pub fn read_frame<R: Read>(r: &mut R, max_frame: u32) -> Result<Option<Vec<u8>>, DecodeError> {
+pub fn read_frame<R: Read>(mut r: R, max_frame: u32) -> Result<Option<Vec<u8>>, DecodeError> {
     let mut head = [0u8; LEN_PREFIX];
-    let got = read_full(r, &mut head)?;
+    let got = read_full(&mut r, &mut head)?;
     if got == 0 {
         return Ok(None);
     }
@@ -325,16 +331,20 @@ pub fn read_frame<R: Read>(r: &mut R, max_frame: u32) -> Result<Option<Vec<u8>>,
             max: max_frame,
         });
     }
-    let mut frame = vec![0u8; len as usize]; // bounded by max_frame, checked above
-    let got = read_full(r, &mut frame)?;
-    if got < frame.len() {
-        return Err(DecodeError::Truncated {
-            needed: frame.len(),
-            got,
-        });
+    let len = len as usize;
+    // Up to 64 KiB is reserved at once; a larger body grows as its bytes arrive, so a
+    // peer that announces a big frame and then trickles costs what it sent, not what
+    // it announced.
+    let mut frame = Vec::with_capacity(len.min(RESERVE_AT_ONCE));
+    let got = r.take(len as u64).read_to_end(&mut frame)?;
+    if got < len {
+        return Err(DecodeError::Truncated { needed: len, got });
     }
     Ok(Some(frame))
 }
+
+/// Largest body buffer [`read_frame`] reserves before the bytes are there.
+const RESERVE_AT_ONCE: usize = 64 * 1024;
 
 /// Fills `buf` unless the stream ends first; returns how many bytes arrived. Unlike
 /// `read_exact` it reports the count, which the `Truncated` error carries.

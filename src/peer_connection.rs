@@ -28,7 +28,9 @@ use crossbeam_channel::{bounded, Receiver};
 use crate::error::Error;
 use crate::event::{Direction, Event};
 use crate::node::{HandleJoin, Queued, Shared};
-use crate::p2p_message::{read_frame, DecodeError, Join, P2PMessage, PROTOCOL_VERSION};
+use crate::p2p_message::{
+    read_frame, DecodeError, Join, P2PMessage, MAX_JOIN_FRAME, PROTOCOL_VERSION,
+};
 use crate::peer_connection_factory::{spawn_named, DialWaiter};
 use crate::peer_table::{Link, Outbound};
 
@@ -85,13 +87,20 @@ impl PeerConnection {
     /// Runs the connection to its end (the C++ `PeerConnection::run`). Always
     /// unregisters the socket and joins the writer before returning.
     pub(crate) fn run(mut self) {
-        match self.handshake() {
+        let handshake = self.handshake();
+        if self.direction == Direction::Inbound {
+            self.shared.end_pending();
+        }
+        match handshake {
             Ok(join) => self.run_link(join),
             Err(e) => {
                 match &e {
                     Error::SelfDial(_) => log::debug!("{}: {e}", self.remote),
                     _ if !self.shared.is_running() => {}
-                    _ => log::warn!("{}: {e}", self.remote),
+                    _ => {
+                        self.shared.count_handshake_failure();
+                        log::warn!("{}: {e}", self.remote);
+                    }
                 }
                 self.finish_dial(Err(e));
             }
@@ -124,7 +133,7 @@ impl PeerConnection {
             stream: &self.stream,
             deadline,
         };
-        let frame = match read_frame(&mut reader, cfg.max_frame) {
+        let frame = match read_frame(&mut reader, MAX_JOIN_FRAME.min(cfg.max_frame)) {
             Ok(Some(f)) => f,
             Ok(None) => return Err(fail("closed before sending JOIN".into())),
             Err(DecodeError::Io(e)) if is_timeout(&e) => {
@@ -285,7 +294,10 @@ impl PeerConnection {
                 Ok(m) => m,
                 Err(DecodeError::UnknownType(t)) => {
                     // Ignored, so a newer peer can add message types.
-                    log::warn!("{}: ignoring frame of unknown type {t}", link.addr);
+                    shared.count_ignored_frame(&format!(
+                        "{}: ignoring frame of unknown type {t}",
+                        link.addr
+                    ));
                     continue;
                 }
                 Err(e) => return Closed::Fault(e.to_string()),

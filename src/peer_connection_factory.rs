@@ -53,9 +53,12 @@ impl PeerConnectionFactory {
 
     /// Runs an accepted socket (the C++ `createConnection`). A socket that cannot get a
     /// thread is closed and the refusal is logged.
+    /// The caller has counted the socket as a pending handshake
+    /// (`Shared::admit_pending`); the connection ends that count.
     pub(crate) fn create_connection(&self, stream: TcpStream, remote: SocketAddr) {
         let name = format!("rx {remote}");
         if let Err(e) = self.start(stream, remote, Direction::Inbound, None, None, name) {
+            self.shared.end_pending();
             log::error!("cannot start a connection thread for {remote}: {e}");
         }
     }

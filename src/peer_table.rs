@@ -116,6 +116,15 @@ pub(crate) struct Retiring {
     pub give_up_at: Instant,
 }
 
+/// The link caps [`PeerTable::insert`] enforces.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// Links of both directions.
+    pub max_links: usize,
+    /// Links the peer dialled.
+    pub max_inbound: usize,
+}
+
 /// What [`PeerTable::insert`] decided.
 pub(crate) enum Insert {
     /// The new link is live. `replaced` are older links it superseded: a duplicate
@@ -124,7 +133,7 @@ pub(crate) enum Insert {
     Added { replaced: Vec<Arc<Link>> },
     /// The pair already has a link that wins over the new connection; close the new one.
     Kept(Arc<Link>),
-    /// `max_links` reached.
+    /// `max_links` (or, for an inbound link, `max_inbound_links`) reached.
     Full,
     /// Another node holds this listen address and is alive; the newcomer is refused,
     /// so a JOIN that merely claims an address cannot push a live peer out.
@@ -159,7 +168,7 @@ impl PeerTable {
     pub(crate) fn insert(
         &mut self,
         link: Arc<Link>,
-        max_links: usize,
+        limits: Limits,
         stale_before_ms: u64,
     ) -> Insert {
         let mut replaced = Vec::new();
@@ -168,7 +177,10 @@ impl PeerTable {
                 return Insert::Kept(Arc::clone(old));
             }
             replaced.push(Arc::clone(old));
-        } else if self.links.len() >= max_links {
+        } else if self.links.len() >= limits.max_links {
+            return Insert::Full;
+        } else if link.direction == Direction::Inbound && self.inbound_count() >= limits.max_inbound
+        {
             return Insert::Full;
         }
         let others: Vec<&Arc<Link>> = self
@@ -190,6 +202,13 @@ impl PeerTable {
         }
         self.links.insert(link.node_id, link);
         Insert::Added { replaced }
+    }
+
+    fn inbound_count(&self) -> usize {
+        self.links
+            .values()
+            .filter(|l| l.direction == Direction::Inbound)
+            .count()
     }
 
     /// Removes the link of `node_id` if it is still connection `conn_id`.
@@ -326,6 +345,13 @@ mod tests {
     use super::*;
     use std::net::TcpListener;
 
+    fn lim(max_links: usize) -> Limits {
+        Limits {
+            max_links,
+            max_inbound: max_links,
+        }
+    }
+
     /// A real connected socket, because a `Link` keeps one for `shutdown`.
     fn socket() -> TcpStream {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -354,12 +380,12 @@ mod tests {
         let b = || link(2, 7, "127.0.0.1:9000", (7, 4000));
         // a first, then b: b loses.
         let mut t = PeerTable::default();
-        assert!(matches!(t.insert(a(), 8, 0), Insert::Added { .. }));
-        assert!(matches!(t.insert(b(), 8, 0), Insert::Kept(l) if l.conn_id == 1));
+        assert!(matches!(t.insert(a(), lim(8), 0), Insert::Added { .. }));
+        assert!(matches!(t.insert(b(), lim(8), 0), Insert::Kept(l) if l.conn_id == 1));
         // b first, then a: a replaces b.
         let mut t = PeerTable::default();
-        assert!(matches!(t.insert(b(), 8, 0), Insert::Added { .. }));
-        match t.insert(a(), 8, 0) {
+        assert!(matches!(t.insert(b(), lim(8), 0), Insert::Added { .. }));
+        match t.insert(a(), lim(8), 0) {
             Insert::Added { replaced } => {
                 assert_eq!(replaced.len(), 1);
                 assert_eq!(replaced[0].conn_id, 2);
@@ -374,17 +400,17 @@ mod tests {
     fn new_node_on_same_address_replaces_stale_entry() {
         let mut t = PeerTable::default();
         assert!(matches!(
-            t.insert(link(1, 7, "127.0.0.1:9000", (7, 1)), 8, 0),
+            t.insert(link(1, 7, "127.0.0.1:9000", (7, 1)), lim(8), 0),
             Insert::Added { .. }
         ));
         // Node 7 was last heard of at 0 ms; with "stale before 0" it still counts as
         // alive and keeps its address against a newcomer's claim.
         assert!(matches!(
-            t.insert(link(2, 8, "127.0.0.1:9000", (8, 1)), 8, 0),
+            t.insert(link(2, 8, "127.0.0.1:9000", (8, 1)), lim(8), 0),
             Insert::AddressTaken
         ));
         // Silent since before 1 ms: stale, replaced.
-        match t.insert(link(2, 8, "127.0.0.1:9000", (8, 1)), 8, 1) {
+        match t.insert(link(2, 8, "127.0.0.1:9000", (8, 1)), lim(8), 1) {
             Insert::Added { replaced } => assert_eq!(replaced[0].node_id, NodeId(7)),
             _ => panic!("stale entry should be replaced"),
         }
@@ -395,7 +421,7 @@ mod tests {
     #[test]
     fn removal_only_by_current_connection() {
         let mut t = PeerTable::default();
-        t.insert(link(1, 7, "127.0.0.1:9000", (7, 1)), 8, 0);
+        t.insert(link(1, 7, "127.0.0.1:9000", (7, 1)), lim(8), 0);
         assert!(
             t.remove(NodeId(7), 99).is_none(),
             "old duplicate must not remove"
@@ -405,11 +431,25 @@ mod tests {
     }
 
     #[test]
+    fn inbound_cap_leaves_room_for_outbound() {
+        let mut t = PeerTable::default();
+        let limits = Limits {
+            max_links: 8,
+            max_inbound: 1,
+        };
+        t.insert(link(1, 1, "127.0.0.1:1", (1, 1)), limits, 0);
+        assert!(matches!(
+            t.insert(link(2, 2, "127.0.0.1:2", (2, 1)), limits, 0),
+            Insert::Full
+        ));
+    }
+
+    #[test]
     fn max_links_is_enforced() {
         let mut t = PeerTable::default();
-        t.insert(link(1, 1, "127.0.0.1:1", (1, 1)), 1, 0);
+        t.insert(link(1, 1, "127.0.0.1:1", (1, 1)), lim(1), 0);
         assert!(matches!(
-            t.insert(link(2, 2, "127.0.0.1:2", (2, 1)), 1, 0),
+            t.insert(link(2, 2, "127.0.0.1:2", (2, 1)), lim(1), 0),
             Insert::Full
         ));
     }
