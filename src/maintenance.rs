@@ -34,7 +34,10 @@ pub(crate) fn run(shared: Arc<Shared>, stop: Receiver<()>) {
         heartbeat(&shared);
         if last_exchange.elapsed() >= shared.config.peer_exchange_interval {
             last_exchange = Instant::now();
-            for link in shared.table.lock().links() {
+            // Bound first: a `for` over `lock().links()` would hold the guard for the
+            // whole loop, and `send_peer_list` takes the same lock.
+            let links = shared.table.lock().links();
+            for link in links {
                 shared.send_peer_list(&link);
             }
         }

@@ -123,3 +123,25 @@ fn remove_peer_sends_leave() {
     // Both nodes still work: they can link again.
     link(&a, &b);
 }
+
+/// Regression: the periodic peer exchange once deadlocked the maintenance thread (a
+/// `for` loop over `table.lock().links()` kept the guard while sending, and sending
+/// takes the same lock). With a short interval the node must keep sending PEERS.
+#[test]
+fn periodic_peer_exchange_keeps_running() {
+    let a = start_node(|c| {
+        c.peer_exchange_interval = Duration::from_millis(50);
+        c.auto_dial = false;
+    });
+    let (mut raw, _) = RawPeer::join(a.addr(), &default_network());
+    // The PEERS right after the handshake, then periodic ones.
+    for i in 0..4 {
+        assert!(
+            raw.recv_until(|m| matches!(m, P2PMessage::Peers { .. }))
+                .is_some(),
+            "PEERS number {i} never came"
+        );
+    }
+    assert!(raw.ping_pong(7), "the node stopped answering");
+    assert_eq!(a.peers().len(), 1);
+}
