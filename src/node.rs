@@ -147,6 +147,8 @@ pub(crate) enum HandleJoin {
     Linked,
     /// Another connection to the same node wins; close this one.
     Duplicate(Arc<Link>),
+    /// A link cap is reached: the peer is sent addresses to try instead.
+    Full(String),
     Refused(String),
 }
 
@@ -766,7 +768,7 @@ impl Shared {
             Insert::Kept(existing) => HandleJoin::Duplicate(existing),
             Insert::Full => {
                 self.stats.refused_links.fetch_add(1, Ordering::Relaxed);
-                HandleJoin::Refused(format!(
+                HandleJoin::Full(format!(
                     "link limit reached ({} links, at most {} inbound)",
                     self.config.max_links, self.config.max_inbound_links
                 ))
@@ -936,12 +938,16 @@ impl Shared {
     /// Sends `link` the addresses we know: our other links first, then healthy known
     /// addresses.
     pub(crate) fn send_peer_list(&self, link: &Link) {
+        let frame: Arc<[u8]> = self.peer_list(link.addr).encode().into();
+        self.queue_frame(link, frame);
+    }
+
+    /// The PEERS message for the node at `to`: our links first, then healthy known
+    /// addresses, at most [`PEERS_PER_EXCHANGE`], never `to` itself.
+    pub(crate) fn peer_list(&self, to: SocketAddr) -> P2PMessage {
         let mut addrs: Vec<SocketAddr> = {
             let t = self.table.lock();
-            t.linked_addrs()
-                .into_iter()
-                .filter(|a| *a != link.addr)
-                .collect()
+            t.linked_addrs().into_iter().filter(|a| *a != to).collect()
         };
         if addrs.len() < PEERS_PER_EXCHANGE {
             let more = self.addrs.lock().healthy(PEERS_PER_EXCHANGE);
@@ -949,13 +955,13 @@ impl Shared {
                 if addrs.len() >= PEERS_PER_EXCHANGE {
                     break;
                 }
-                if a != link.addr && !addrs.contains(&a) {
+                if a != to && !addrs.contains(&a) {
                     addrs.push(a);
                 }
             }
         }
-        let frame: Arc<[u8]> = P2PMessage::Peers { addrs }.encode().into();
-        self.queue_frame(link, frame);
+        addrs.truncate(PEERS_PER_EXCHANGE);
+        P2PMessage::Peers { addrs }
     }
 
     /// Adds addresses from a peer's PEERS message, then dials if links are missing.

@@ -38,6 +38,9 @@ use crate::peer_table::{Link, Outbound};
 /// frame simply takes several.
 const READ_BUF: usize = 16 * 1024;
 
+/// How long a node at its link cap waits for a referred peer to hang up.
+const REFER_DRAIN: Duration = Duration::from_secs(1);
+
 /// Write buffer per link: the writer coalesces queued frames up to this size per
 /// `write` call.
 const WRITE_BUF: usize = 32 * 1024;
@@ -224,6 +227,12 @@ impl PeerConnection {
                 self.read_loop(&link, stream_for_reader);
                 return;
             }
+            HandleJoin::Full(reason) => {
+                log::info!("{addr}: link refused: {reason}");
+                self.refer_elsewhere(addr);
+                self.finish_dial(Err(Error::Handshake { addr, reason }));
+                return;
+            }
             HandleJoin::Refused(reason) => {
                 log::warn!("{addr}: link refused: {reason}");
                 self.finish_dial(Err(Error::Handshake { addr, reason }));
@@ -266,6 +275,28 @@ impl PeerConnection {
         drop(link);
         if writer.join().is_err() {
             log::error!("{addr}: writer thread panicked");
+        }
+    }
+
+    /// A node at its link cap still helps a joiner: it sends the addresses it knows and
+    /// LEAVE (so the peer does not redial at once), half-closes, and reads until the
+    /// peer hangs up (at most a second), so the goodbye is not lost to a reset.
+    fn refer_elsewhere(&self, addr: SocketAddr) {
+        let mut bytes = self.shared.peer_list(addr).encode();
+        P2PMessage::Leave.encode_into(&mut bytes);
+        if (&self.stream).write_all(&bytes).is_err() {
+            return;
+        }
+        let _ = self.stream.shutdown(Shutdown::Write);
+        let _ = self.stream.set_read_timeout(Some(REFER_DRAIN));
+        let deadline = Instant::now() + REFER_DRAIN;
+        let mut sink = [0u8; 4096];
+        let mut s = &self.stream;
+        while Instant::now() < deadline {
+            match s.read(&mut sink) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
         }
     }
 

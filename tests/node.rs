@@ -397,3 +397,23 @@ fn stop_closes_everything_and_is_idempotent() {
     assert!(a.wait_for(|ev| is_peer_down(ev, b.id())).is_some());
     assert!(eventually(DEADLINE, || b.peers().is_empty()));
 }
+
+/// A node at its inbound cap still refers a joiner to the overlay: it sends the
+/// addresses it knows and LEAVE, and the joiner links to those instead.
+#[test]
+fn full_node_refers_joiners_elsewhere() {
+    let seed = start_node(|c| c.max_inbound_links = 1);
+    let b = start_node(|_| {});
+    link(&b, &seed);
+    let c = start_node(|_| {});
+    // Whatever connect reports (the short-lived link or an error), C must end up in
+    // the overlay through the address the seed gave it.
+    let _ = c.connect_to_peer(seed.addr());
+    assert!(
+        eventually(DEADLINE, || c.is_linked_to(&b)),
+        "C never linked to B; C knows {:?}",
+        c.known_addrs()
+    );
+    assert_eq!(seed.peers().len(), 1, "the cap held");
+    assert!(seed.info().refused_links >= 1);
+}
