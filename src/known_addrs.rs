@@ -167,8 +167,9 @@ impl AddrBook {
         self.map.remove(addr).is_some()
     }
 
-    /// Up to `n` addresses due for a dial and not in `skip`, most recently successful
-    /// first, then fewest failures.
+    /// Up to `n` addresses due for a dial and not in `skip`: fewest failures first (an
+    /// address that worked once but fails now must not starve untried ones), then
+    /// most recently successful, then most recently heard of.
     pub(crate) fn dial_candidates(
         &self,
         now: Instant,
@@ -182,8 +183,8 @@ impl AddrBook {
             .collect();
         due.sort_by_key(|k| {
             (
-                std::cmp::Reverse(k.last_success),
                 k.failures,
+                std::cmp::Reverse(k.last_success),
                 std::cmp::Reverse(k.last_seen),
             )
         });

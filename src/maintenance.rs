@@ -85,7 +85,7 @@ fn heartbeat(shared: &Shared) {
                 .encode()
                 .into()
             });
-            shared.queue_frame(&link, Arc::clone(frame));
+            shared.queue_control(&link, Arc::clone(frame));
         }
     }
 }

@@ -33,7 +33,7 @@ use crate::maintenance;
 use crate::p2p_message::{Broadcast, Join, NodeId, P2PMessage, LEN_PREFIX, PROTOCOL_VERSION};
 use crate::peer_cache;
 use crate::peer_connection_factory::{spawn_named, PeerConnectionFactory};
-use crate::peer_table::{Insert, Limits, Link, Outbound, PeerTable, Retiring};
+use crate::peer_table::{Insert, Limits, Link, Outbound, PeerTable, Retiring, WRITER_IDLE};
 use crate::seen_cache::SeenCache;
 
 /// Most addresses sent in one PEERS message.
@@ -47,6 +47,15 @@ pub(crate) const LEAVE_REDIAL_DELAY: Duration = Duration::from_secs(60);
 /// half-close it: the peer may still be finishing the handshake of the winner, and
 /// closing the loser first would make it report the link down and up again.
 const DUPLICATE_LINGER: Duration = Duration::from_secs(1);
+
+/// How long a relay waits for room in a neighbour's full queue before dropping it.
+/// The relay's reader (and so what it forwards to others) waits meanwhile, but only
+/// until the stall rule below recognises a peer that stopped reading.
+const RELAY_WAIT: Duration = Duration::from_millis(200);
+
+/// A writer stuck inside one write for this long (its socket buffer full) is
+/// writing to a peer that does not read: such a peer is dropped without waiting.
+const WRITER_STALL: Duration = Duration::from_millis(500);
 
 /// How long `stop` lets links close gracefully (LEAVE flushed, peer hangs up) before it
 /// shuts every socket down.
@@ -646,6 +655,10 @@ impl Shared {
         self.epoch.elapsed().as_micros() as u64
     }
 
+    pub(crate) fn epoch(&self) -> Instant {
+        self.epoch
+    }
+
     pub(crate) fn next_conn_id(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
@@ -895,10 +908,45 @@ impl Shared {
         }
     }
 
-    /// Queues a frame without waiting, for the node's own threads. A full queue means the
-    /// peer stopped reading: it is dropped, so it can never delay anyone else.
+    /// Queues a data frame for the node's own threads (forwarded broadcasts), waiting
+    /// at most [`RELAY_WAIT`] for room; see [`Shared::queue_with_backpressure`].
     pub(crate) fn queue_frame(&self, link: &Link, frame: Arc<[u8]>) -> Queued {
-        match link.tx.try_send(Outbound::Frame(frame)) {
+        self.queue_with_backpressure(link, frame, RELAY_WAIT)
+    }
+
+    /// Queues a data frame on `link`. A full queue is one of two things:
+    /// - the peer is reading, just not as fast as frames come (a burst, a busy
+    ///   machine): wait up to `max_wait` for room, which slows the sender down the way
+    ///   TCP would;
+    /// - the peer stopped reading: its writer has been stuck for [`WRITER_STALL`].
+    ///   Then the peer is dropped at once, without waiting, so it delays nobody.
+    ///
+    /// A peer whose queue stays full for all of `max_wait` is dropped too.
+    fn queue_with_backpressure(&self, link: &Link, frame: Arc<[u8]>, max_wait: Duration) -> Queued {
+        let frame = match link.tx.try_send(Outbound::Frame(frame)) {
+            Ok(()) => return Queued::Yes,
+            Err(TrySendError::Disconnected(_)) => return Queued::LinkClosing,
+            Err(TrySendError::Full(Outbound::Frame(f))) => f,
+            Err(TrySendError::Full(Outbound::Close)) => return Queued::LinkClosing,
+        };
+        let since = link.writing_since_ms.load(Ordering::Relaxed);
+        let stalled = since != WRITER_IDLE
+            && self.now_ms().saturating_sub(since) > WRITER_STALL.as_millis() as u64;
+        if !stalled {
+            match link.tx.send_timeout(Outbound::Frame(frame), max_wait) {
+                Ok(()) => return Queued::Yes,
+                Err(SendTimeoutError::Disconnected(_)) => return Queued::LinkClosing,
+                Err(SendTimeoutError::Timeout(_)) => {}
+            }
+        }
+        self.drop_slow_peer(link);
+        Queued::PeerDropped
+    }
+
+    /// Queues a control frame (PING, PONG, PEERS) on its own queue. Full means the peer
+    /// has not read for dozens of heartbeats: it is dropped.
+    pub(crate) fn queue_control(&self, link: &Link, frame: Arc<[u8]>) -> Queued {
+        match link.ctl.try_send(frame) {
             Ok(()) => Queued::Yes,
             Err(TrySendError::Full(_)) => {
                 self.drop_slow_peer(link);
@@ -912,14 +960,10 @@ impl Shared {
     /// backpressure for a caller sending faster than the link carries, but a peer
     /// that stays stuck is dropped.
     fn send_blocking(&self, link: &Link, frame: Arc<[u8]>) -> Result<(), Error> {
-        let timeout = self.config.peer_timeout;
-        match link.tx.send_timeout(Outbound::Frame(frame), timeout) {
-            Ok(()) => Ok(()),
-            Err(SendTimeoutError::Timeout(_)) => {
-                self.drop_slow_peer(link);
-                Err(Error::PeerTooSlow(link.addr))
-            }
-            Err(SendTimeoutError::Disconnected(_)) => Err(Error::LinkClosed(link.addr)),
+        match self.queue_with_backpressure(link, frame, self.config.peer_timeout) {
+            Queued::Yes => Ok(()),
+            Queued::PeerDropped => Err(Error::PeerTooSlow(link.addr)),
+            Queued::LinkClosing => Err(Error::LinkClosed(link.addr)),
         }
     }
 
@@ -939,7 +983,7 @@ impl Shared {
     /// addresses.
     pub(crate) fn send_peer_list(&self, link: &Link) {
         let frame: Arc<[u8]> = self.peer_list(link.addr).encode().into();
-        self.queue_frame(link, frame);
+        self.queue_control(link, frame);
     }
 
     /// The PEERS message for the node at `to`: our links first, then healthy known

@@ -19,11 +19,11 @@
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver};
+use crossbeam_channel::{bounded, never, select, Receiver};
 
 use crate::error::Error;
 use crate::event::{Direction, Event};
@@ -32,11 +32,15 @@ use crate::p2p_message::{
     read_frame, DecodeError, Join, P2PMessage, MAX_JOIN_FRAME, PROTOCOL_VERSION,
 };
 use crate::peer_connection_factory::{spawn_named, DialWaiter};
-use crate::peer_table::{Link, Outbound};
+use crate::peer_table::{Link, Outbound, WRITER_IDLE};
 
 /// Read buffer per link. Small frames are batched into few `read` calls; a 64 KiB
 /// frame simply takes several.
 const READ_BUF: usize = 16 * 1024;
+
+/// Control frames a link may have queued. Heartbeats and peer lists are few; a peer
+/// that lets this many pile up is not reading at all and is dropped.
+const CONTROL_QUEUE: usize = 64;
 
 /// How long a node at its link cap waits for a referred peer to hang up.
 const REFER_DRAIN: Duration = Duration::from_secs(1);
@@ -206,6 +210,7 @@ impl PeerConnection {
             Direction::Inbound => (join.node_id, self.remote.port()),
         };
         let (tx, rx) = bounded(shared.config.queue_len);
+        let (ctl, ctl_rx) = bounded(CONTROL_QUEUE);
         let link = Arc::new(Link::new(
             self.conn_id,
             join.node_id,
@@ -213,6 +218,7 @@ impl PeerConnection {
             self.direction,
             dial_key,
             tx,
+            ctl,
             stream_for_link,
             shared.now_ms(),
         ));
@@ -222,7 +228,7 @@ impl PeerConnection {
                 log::debug!("{addr}: duplicate connection, keeping the other one");
                 self.finish_dial(Ok(existing.info()));
                 // Deliver whatever the peer sent here before it saw the winner.
-                drop(rx);
+                drop((rx, ctl_rx));
                 shared.retire_duplicate(&link);
                 self.read_loop(&link, stream_for_reader);
                 return;
@@ -239,11 +245,13 @@ impl PeerConnection {
                 return;
             }
         }
-        let writer = spawn_named(
-            format!("tx {addr}"),
-            shared.config.thread_stack_size,
-            move || writer_loop(stream_for_writer, rx),
-        );
+        let writer = spawn_named(format!("tx {addr}"), shared.config.thread_stack_size, {
+            let progress = WriteProgress {
+                writing_since_ms: Arc::clone(&link.writing_since_ms),
+                epoch: shared.epoch(),
+            };
+            move || writer_loop(stream_for_writer, rx, ctl_rx, progress)
+        });
         let writer = match writer {
             Ok(h) => h,
             Err(e) => {
@@ -343,7 +351,7 @@ impl PeerConnection {
                 }),
                 P2PMessage::Ping { nonce } => {
                     let pong: Arc<[u8]> = P2PMessage::Pong { nonce }.encode().into();
-                    if shared.queue_frame(link, pong) == Queued::PeerDropped {
+                    if shared.queue_control(link, pong) == Queued::PeerDropped {
                         return Closed::Fault("outbound queue full".into());
                     }
                 }
@@ -380,32 +388,72 @@ impl PeerConnection {
     }
 }
 
-/// Drains a link's queue into its socket. Every frame already waiting is written in the
-/// same batch, so a busy link costs one `write` per batch rather than per message.
-fn writer_loop(stream: TcpStream, rx: Receiver<Outbound>) {
+/// Where the writer records that it is making progress.
+struct WriteProgress {
+    writing_since_ms: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+impl WriteProgress {
+    fn start_write(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.writing_since_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn idle(&self) {
+        self.writing_since_ms.store(WRITER_IDLE, Ordering::Relaxed);
+    }
+}
+
+/// Drains a link's two queues into its socket, control frames first. Every frame
+/// already waiting is written in the same batch, so a busy link costs one `write` per
+/// batch rather than per message.
+fn writer_loop(
+    stream: TcpStream,
+    data: Receiver<Outbound>,
+    ctl: Receiver<Arc<[u8]>>,
+    progress: WriteProgress,
+) {
     let mut out = BufWriter::with_capacity(WRITE_BUF, &stream);
+    let mut ctl = ctl;
     let result = (|| -> io::Result<bool> {
         loop {
-            let Ok(first) = rx.recv() else {
-                return Ok(false);
+            let first = select! {
+                recv(ctl) -> f => match f {
+                    Ok(f) => Outbound::Frame(f),
+                    // Only dropped together with `data`; stop selecting on it.
+                    Err(_) => { ctl = never(); continue; }
+                },
+                recv(data) -> item => match item {
+                    Ok(item) => item,
+                    Err(_) => return Ok(false),
+                },
             };
             let mut next = Some(first);
             while let Some(item) = next {
                 match item {
-                    Outbound::Frame(f) => out.write_all(&f)?,
+                    Outbound::Frame(f) => {
+                        progress.start_write();
+                        out.write_all(&f)?;
+                    }
                     Outbound::Close => {
                         // Frames queued after Close (a sender racing a replacement)
                         // still go out before the half-close.
-                        while let Ok(Outbound::Frame(f)) = rx.try_recv() {
+                        while let Ok(Outbound::Frame(f)) = data.try_recv() {
                             out.write_all(&f)?;
                         }
                         out.flush()?;
                         return Ok(true);
                     }
                 }
-                next = rx.try_recv().ok();
+                next = match ctl.try_recv() {
+                    Ok(f) => Some(Outbound::Frame(f)),
+                    Err(_) => data.try_recv().ok(),
+                };
             }
+            progress.start_write();
             out.flush()?;
+            progress.idle();
         }
     })();
     // On error, discard what is buffered: flushing it could block on a dead peer.

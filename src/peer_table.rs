@@ -27,6 +27,9 @@ pub(crate) enum Outbound {
     Close,
 }
 
+/// `Link::writing_since_ms` when the writer is not inside a write.
+pub(crate) const WRITER_IDLE: u64 = u64::MAX;
+
 /// Marks an RTT that has not been measured yet.
 const NO_RTT: u64 = u64::MAX;
 
@@ -41,7 +44,15 @@ pub(crate) struct Link {
     pub direction: Direction,
     /// Orders duplicate connections between the same pair; see [`PeerTable::insert`].
     pub dial_key: (NodeId, u16),
+    /// Data frames (DATA, BROADCAST), LEAVE and Close, in order.
     pub tx: Sender<Outbound>,
+    /// Control frames (PING, PONG, PEERS). A queue of their own, so an application
+    /// that keeps `tx` full with its own messages never starves the heartbeat.
+    pub ctl: Sender<Arc<[u8]>>,
+    /// Milliseconds since the node's epoch when the writer started the write it is
+    /// blocked in, or [`WRITER_IDLE`]. A write that takes long means the peer stopped
+    /// reading.
+    pub writing_since_ms: Arc<AtomicU64>,
     /// A clone of the socket, only to `shutdown` it from another thread.
     pub stream: TcpStream,
     pub connected_at: Instant,
@@ -62,6 +73,7 @@ impl Link {
         direction: Direction,
         dial_key: (NodeId, u16),
         tx: Sender<Outbound>,
+        ctl: Sender<Arc<[u8]>>,
         stream: TcpStream,
         now_ms: u64,
     ) -> Link {
@@ -72,6 +84,8 @@ impl Link {
             direction,
             dial_key,
             tx,
+            ctl,
+            writing_since_ms: Arc::new(AtomicU64::new(WRITER_IDLE)),
             stream,
             connected_at: Instant::now(),
             last_seen_ms: AtomicU64::new(now_ms),
@@ -177,9 +191,8 @@ impl PeerTable {
                 return Insert::Kept(Arc::clone(old));
             }
             replaced.push(Arc::clone(old));
-        } else if self.links.len() >= limits.max_links {
-            return Insert::Full;
-        } else if link.direction == Direction::Inbound && self.inbound_count() >= limits.max_inbound
+        } else if self.links.len() >= limits.max_links
+            || (link.direction == Direction::Inbound && self.inbound_count() >= limits.max_inbound)
         {
             return Insert::Full;
         }
@@ -362,6 +375,7 @@ mod tests {
 
     fn link(conn_id: u64, node: u64, addr: &str, key: (u64, u16)) -> Arc<Link> {
         let (tx, _rx) = crossbeam_channel::bounded(1);
+        let (ctl, _ctl_rx) = crossbeam_channel::bounded(1);
         Arc::new(Link::new(
             conn_id,
             NodeId(node),
@@ -369,6 +383,7 @@ mod tests {
             Direction::Inbound,
             (NodeId(key.0), key.1),
             tx,
+            ctl,
             socket(),
             0,
         ))
