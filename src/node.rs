@@ -339,10 +339,8 @@ impl Node {
     /// if the queue stays full for the peer timeout, the peer is dropped and
     /// `PeerTooSlow` returned, so one stuck peer cannot hold the caller forever.
     pub fn send_data_to_peer(&self, addr: SocketAddr, text: &str) -> Result<(), Error> {
-        let msg = P2PMessage::Data {
-            text: text.to_string(),
-        };
-        let frame = self.shared.checked_frame(&msg)?;
+        self.shared.check_frame_len(1 + text.len())?;
+        let frame = Outbound::Owned(P2PMessage::encode_data(text));
         let link = self.shared.table.lock().by_addr(&addr);
         let link = match link {
             Some(l) => l,
@@ -386,7 +384,10 @@ impl Node {
             }
         }
         for link in &full {
-            if shared.send_blocking(link, Arc::clone(&frame)).is_ok() {
+            if shared
+                .send_blocking(link, Outbound::Frame(Arc::clone(&frame)))
+                .is_ok()
+            {
                 sent += 1;
             }
         }
@@ -705,14 +706,19 @@ impl Shared {
 
     /// Encodes `msg` once, refusing it if it exceeds the frame limit.
     fn checked_frame(&self, msg: &P2PMessage) -> Result<Arc<[u8]>, Error> {
-        let len = msg.encoded_len() - LEN_PREFIX;
+        self.check_frame_len(msg.encoded_len() - LEN_PREFIX)?;
+        Ok(msg.encode().into())
+    }
+
+    /// Refuses a frame (length prefix value `len`) above the frame limit.
+    fn check_frame_len(&self, len: usize) -> Result<(), Error> {
         if len > self.config.max_frame as usize {
             return Err(Error::MessageTooLarge {
                 len,
                 max: self.config.max_frame,
             });
         }
-        Ok(msg.encode().into())
+        Ok(())
     }
 
     /// Hands an event to the application, or counts it as dropped when the application
@@ -911,7 +917,7 @@ impl Shared {
     /// Queues a data frame for the node's own threads (forwarded broadcasts), waiting
     /// at most [`RELAY_WAIT`] for room; see [`Shared::queue_with_backpressure`].
     pub(crate) fn queue_frame(&self, link: &Link, frame: Arc<[u8]>) -> Queued {
-        self.queue_with_backpressure(link, frame, RELAY_WAIT)
+        self.queue_with_backpressure(link, Outbound::Frame(frame), RELAY_WAIT)
     }
 
     /// Queues a data frame on `link`. A full queue is one of two things:
@@ -922,18 +928,17 @@ impl Shared {
     ///   Then the peer is dropped at once, without waiting, so it delays nobody.
     ///
     /// A peer whose queue stays full for all of `max_wait` is dropped too.
-    fn queue_with_backpressure(&self, link: &Link, frame: Arc<[u8]>, max_wait: Duration) -> Queued {
-        let frame = match link.tx.try_send(Outbound::Frame(frame)) {
+    fn queue_with_backpressure(&self, link: &Link, frame: Outbound, max_wait: Duration) -> Queued {
+        let frame = match link.tx.try_send(frame) {
             Ok(()) => return Queued::Yes,
             Err(TrySendError::Disconnected(_)) => return Queued::LinkClosing,
-            Err(TrySendError::Full(Outbound::Frame(f))) => f,
-            Err(TrySendError::Full(Outbound::Close)) => return Queued::LinkClosing,
+            Err(TrySendError::Full(f)) => f,
         };
         let since = link.writing_since_ms.load(Ordering::Relaxed);
         let stalled = since != WRITER_IDLE
             && self.now_ms().saturating_sub(since) > WRITER_STALL.as_millis() as u64;
         if !stalled {
-            match link.tx.send_timeout(Outbound::Frame(frame), max_wait) {
+            match link.tx.send_timeout(frame, max_wait) {
                 Ok(()) => return Queued::Yes,
                 Err(SendTimeoutError::Disconnected(_)) => return Queued::LinkClosing,
                 Err(SendTimeoutError::Timeout(_)) => {}
@@ -959,7 +964,7 @@ impl Shared {
     /// Queues a frame for the application, waiting up to the peer timeout for room:
     /// backpressure for a caller sending faster than the link carries, but a peer
     /// that stays stuck is dropped.
-    fn send_blocking(&self, link: &Link, frame: Arc<[u8]>) -> Result<(), Error> {
+    fn send_blocking(&self, link: &Link, frame: Outbound) -> Result<(), Error> {
         match self.queue_with_backpressure(link, frame, self.config.peer_timeout) {
             Queued::Yes => Ok(()),
             Queued::PeerDropped => Err(Error::PeerTooSlow(link.addr)),

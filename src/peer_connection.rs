@@ -34,9 +34,13 @@ use crate::p2p_message::{
 use crate::peer_connection_factory::{spawn_named, DialWaiter};
 use crate::peer_table::{Link, Outbound, WRITER_IDLE};
 
-/// Read buffer per link. Small frames are batched into few `read` calls; a 64 KiB
-/// frame simply takes several.
-const READ_BUF: usize = 16 * 1024;
+/// Read buffer per link: one `read` call brings in hundreds of small frames. Pages
+/// are only touched (and count as memory) once that much arrives at once.
+const READ_BUF: usize = 64 * 1024;
+
+/// Most data frames the writer takes in one batch before it flushes and looks at the
+/// control queue again.
+const WRITE_BATCH: usize = 256;
 
 /// Control frames a link may have queued. Heartbeats and peer lists are few; a peer
 /// that lets this many pile up is not reading at all and is dropped.
@@ -329,7 +333,7 @@ impl PeerConnection {
                 Err(e) => return Closed::Fault(e.to_string()),
             };
             link.last_seen_ms.store(shared.now_ms(), Ordering::Relaxed);
-            let msg = match P2PMessage::decode(&frame) {
+            let msg = match P2PMessage::decode_owned(frame) {
                 Ok(m) => m,
                 Err(DecodeError::UnknownType(t)) => {
                     // Ignored, so a newer peer can add message types.
@@ -429,26 +433,36 @@ fn writer_loop(
                     Err(_) => return Ok(false),
                 },
             };
+            // Control frames waiting go first; then up to a batch of data frames, after
+            // which control gets its turn again even if data keeps coming.
             let mut next = Some(first);
+            let mut batch = 0;
             while let Some(item) = next {
-                match item {
-                    Outbound::Frame(f) => {
+                match item.bytes() {
+                    Some(f) => {
                         progress.start_write();
-                        out.write_all(&f)?;
+                        out.write_all(f)?;
                     }
-                    Outbound::Close => {
-                        // Frames queued after Close (a sender racing a replacement)
-                        // still go out before the half-close.
-                        while let Ok(Outbound::Frame(f)) = data.try_recv() {
-                            out.write_all(&f)?;
+                    None => {
+                        // Close. Frames queued after it (a sender racing a
+                        // replacement) still go out before the half-close.
+                        while let Ok(more) = data.try_recv() {
+                            if let Some(f) = more.bytes() {
+                                out.write_all(f)?;
+                            }
                         }
                         out.flush()?;
                         return Ok(true);
                     }
                 }
-                next = match ctl.try_recv() {
-                    Ok(f) => Some(Outbound::Frame(f)),
-                    Err(_) => data.try_recv().ok(),
+                while let Ok(f) = ctl.try_recv() {
+                    out.write_all(&f)?;
+                }
+                batch += 1;
+                next = if batch < WRITE_BATCH {
+                    data.try_recv().ok()
+                } else {
+                    None
                 };
             }
             progress.start_write();

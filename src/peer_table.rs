@@ -22,6 +22,9 @@ use crate::p2p_message::NodeId;
 pub(crate) enum Outbound {
     /// A whole encoded frame, shared when the same frame goes to many links.
     Frame(Arc<[u8]>),
+    /// A whole encoded frame for this link alone (a direct message): no second
+    /// allocation and copy into an `Arc`.
+    Owned(Vec<u8>),
     /// Flush what is queued, half-close the socket and stop: the graceful end of a
     /// link after LEAVE.
     Close,
@@ -29,6 +32,17 @@ pub(crate) enum Outbound {
 
 /// `Link::writing_since_ms` when the writer is not inside a write.
 pub(crate) const WRITER_IDLE: u64 = u64::MAX;
+
+impl Outbound {
+    /// The frame's bytes; `None` for `Close`.
+    pub(crate) fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            Outbound::Frame(f) => Some(f),
+            Outbound::Owned(v) => Some(v),
+            Outbound::Close => None,
+        }
+    }
+}
 
 /// Marks an RTT that has not been measured yet.
 const NO_RTT: u64 = u64::MAX;
