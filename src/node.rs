@@ -1062,9 +1062,9 @@ impl Shared {
     pub(crate) fn dial_finished(&self, addr: SocketAddr, ok: bool) {
         self.table.lock().end_dial(&addr);
         let mut book = self.addrs.lock();
-        if ok {
-            book.mark_success(addr, Instant::now());
-        } else {
+        // Success was recorded when the link was registered (`handle_join`); doing it
+        // again here would re-add an address the user forgot in between.
+        if !ok {
             self.stats.dial_failures.fetch_add(1, Ordering::Relaxed);
             book.mark_failure(addr, Instant::now());
         }

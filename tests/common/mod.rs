@@ -499,6 +499,7 @@ impl NodeProcess {
                 }
             });
         }
+        register_child(child.id());
         let mut proc = NodeProcess {
             child: Some(child),
             id: NodeId(0),
@@ -561,6 +562,7 @@ impl NodeProcess {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill(); // SIGKILL to this PID
             let _ = child.wait();
+            unregister_child(child.id());
         }
     }
 }
@@ -576,6 +578,7 @@ impl Drop for NodeProcess {
                 .status();
             let _ = child.kill();
             let _ = child.wait();
+            unregister_child(child.id());
         }
     }
 }
@@ -591,3 +594,57 @@ pub fn try_start_node(config: Config) -> Result<TestNode, p2p_overlay::Error> {
         history: Mutex::new(Vec::new()),
     })
 }
+
+/// PIDs of the running [`NodeProcess`]es, so a [`watchdog`] that ends the test binary
+/// can kill them first.
+static CHILD_PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn register_child(pid: u32) {
+    CHILD_PIDS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(pid);
+}
+
+fn unregister_child(pid: u32) {
+    CHILD_PIDS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|p| *p != pid);
+}
+
+/// Ends the whole test binary (exit status 101) if it is still alive `limit` after
+/// being armed, unless dropped first. Bounded waits cannot save a test from a node
+/// that deadlocks: `peers()` or `info()` then block on the node's lock forever, and
+/// so would the test. The watchdog turns that hang into a failure, after killing the
+/// `p2p-node` processes the tests started (by PID).
+pub struct Watchdog {
+    _disarm: crossbeam_channel::Sender<()>,
+}
+
+pub fn watchdog(what: &str, limit: Duration) -> Watchdog {
+    let (tx, rx) = bounded::<()>(0);
+    let what = what.to_string();
+    thread::spawn(move || {
+        if let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+            // Straight to stderr: the test harness would capture `eprintln!`.
+            let _ = writeln!(
+                io::stderr(),
+                "watchdog: {what} still running after {limit:?}; a node is probably \
+                 deadlocked. Killing the test's processes and ending the test binary."
+            );
+            let pids = CHILD_PIDS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            for pid in pids {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9".to_string(), pid.to_string()])
+                    .status();
+            }
+            std::process::exit(101);
+        }
+    });
+    Watchdog { _disarm: tx }
+}
+
+/// The [`watchdog`] limit the hostile, abuse, fault and memory tests arm: far beyond
+/// what a passing test takes (seconds), beyond what a failing one takes to report.
+pub const WATCHDOG: Duration = Duration::from_secs(240);

@@ -1,0 +1,978 @@
+//! `cargo bench --bench overlay [-- --quick] [SECTION...]`: end-to-end figures of the
+//! overlay node, measured with the library API (and, for memory, the `p2p-node`
+//! binary) on 127.0.0.1 in one process, printed as tables and written as JSON to
+//! `target/bench/overlay.json`.
+//!
+//! | section     | what (module)                                                       |
+//! |-------------|---------------------------------------------------------------------|
+//! | `link`      | direct-message throughput of one link vs raw TCP ([`direct`])       |
+//! | `rtt`       | request/answer round trip vs a raw TCP ping-pong ([`direct`])       |
+//! | `broadcast` | flood latency to the last node, 10/50/100 nodes ([`broadcast`])     |
+//! | `burst`     | 2,000 broadcasts back to back in 50 nodes, loss and duplicates      |
+//! | `join`      | 100 nodes join through one seed until all have 8 links ([`join`])   |
+//! | `memory`    | RSS and threads of a `p2p-node` process, idle and per link ([`memory`]) |
+//!
+//! Naming sections runs only those (`-- --quick link rtt`). `--quick` runs the same
+//! measurements with small counts (well under a minute). Every wait has a deadline; a
+//! measurement that times out prints and records what it got and is marked, it never
+//! hangs the run, and a watchdog aborts a section stuck inside the library
+//! ([`watchdog`]). At start the library is probed for a known deadlock (worked around
+//! unless `--no-workaround`). After each section the share of the CPU that other
+//! processes took is printed: the machine is shared. docs/BENCHMARKS.md explains
+//! every figure and has the latest results.
+
+mod broadcast;
+mod direct;
+mod join;
+mod memory;
+mod overlay;
+mod raw_tcp;
+mod support;
+mod watchdog;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use broadcast::{BurstResult, LatencyResult};
+use direct::{LinkResult, RttResult};
+use join::JoinResult;
+use memory::MemoryResult;
+use overlay::{Convergence, Overlay};
+use support::{fmt_f, fmt_n, ms, open_files_limit, us, Percentiles, Table};
+
+const SECTIONS: [&str; 6] = ["link", "rtt", "broadcast", "burst", "join", "memory"];
+
+/// Seed of the random "join through an earlier node" choices.
+const TOPOLOGY_SEED: u64 = 0x5eed_2024;
+
+/// Counts and time limits of one mode.
+struct Plan {
+    quick: bool,
+    /// (payload bytes, messages) per link throughput run.
+    link: Vec<(usize, usize)>,
+    link_reps: usize,
+    /// Limit of one throughput run.
+    run_timeout: Duration,
+    rtt_size: usize,
+    rtt_trips: usize,
+    rtt_warmup: usize,
+    broadcast_nodes: Vec<usize>,
+    broadcast_count: usize,
+    broadcast_warmup: usize,
+    broadcast_size: usize,
+    broadcast_per_msg: Duration,
+    /// Limit for an overlay to become connected.
+    form_timeout: Duration,
+    burst_nodes: usize,
+    burst_count: usize,
+    burst_size: usize,
+    burst_timeout: Duration,
+    join_nodes: usize,
+    join_timeout: Duration,
+    memory_links: usize,
+}
+
+impl Plan {
+    /// Watchdog limits: the sum of every deadline in the section, plus slack.
+    fn link_limit(&self) -> Duration {
+        self.run_timeout * (2 * self.link.len() * self.link_reps) as u32 + Duration::from_secs(60)
+    }
+
+    fn rtt_limit(&self) -> Duration {
+        self.run_timeout * 2 + Duration::from_secs(60)
+    }
+
+    fn overlay_limit(&self) -> Duration {
+        let per_overlay = self.form_timeout
+            + self.broadcast_per_msg * 2 * (self.broadcast_count + self.broadcast_warmup) as u32
+            + Duration::from_secs(60);
+        per_overlay * (self.broadcast_nodes.len() + 1) as u32 + self.burst_timeout
+    }
+
+    fn full() -> Plan {
+        Plan {
+            quick: false,
+            link: vec![(64, 2_000_000), (1024, 500_000), (64 * 1024, 20_000)],
+            link_reps: 3,
+            run_timeout: Duration::from_secs(60),
+            rtt_size: 64,
+            rtt_trips: 20_000,
+            rtt_warmup: 1_000,
+            broadcast_nodes: vec![10, 50, 100],
+            broadcast_count: 200,
+            broadcast_warmup: 10,
+            broadcast_size: 64,
+            broadcast_per_msg: Duration::from_secs(2),
+            form_timeout: Duration::from_secs(30),
+            burst_nodes: 50,
+            burst_count: 2_000,
+            burst_size: 1024,
+            burst_timeout: Duration::from_secs(120),
+            join_nodes: 100,
+            join_timeout: Duration::from_secs(30),
+            memory_links: 200,
+        }
+    }
+
+    fn quick() -> Plan {
+        Plan {
+            quick: true,
+            link: vec![(64, 200_000), (1024, 50_000), (64 * 1024, 2_000)],
+            link_reps: 1,
+            run_timeout: Duration::from_secs(10),
+            rtt_trips: 2_000,
+            rtt_warmup: 200,
+            broadcast_count: 20,
+            broadcast_warmup: 3,
+            broadcast_per_msg: Duration::from_secs(1),
+            form_timeout: Duration::from_secs(10),
+            burst_count: 200,
+            burst_timeout: Duration::from_secs(15),
+            join_timeout: Duration::from_secs(10),
+            memory_links: 50,
+            ..Plan::full()
+        }
+    }
+}
+
+/// Everything measured, for the summary and the JSON file.
+#[derive(Default)]
+struct Results {
+    link: Vec<LinkResult>,
+    rtt: Option<RttResult>,
+    broadcast: Vec<(LatencyResult, Convergence)>,
+    burst: Option<BurstResult>,
+    join: Vec<JoinResult>,
+    memory: Option<MemoryResult>,
+    /// Problems worth reading: timeouts, failed joins, nodes that did not stop.
+    notes: Vec<String>,
+    /// Whether the start-up probe found the peer-exchange deadlock.
+    exchange_deadlock: Option<bool>,
+    /// Deviations from the default config the bench had to make.
+    workarounds: Vec<String>,
+    /// /proc/loadavg (1, 5, 15 min) when the run started.
+    load_before: String,
+    /// Per section: percent of the machine's CPU other processes used meanwhile.
+    other_cpu: Vec<(String, f64)>,
+}
+
+/// The first three fields of /proc/loadavg.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    // `cargo bench` passes --bench; `cargo test --benches` does not, and must not run
+    // minutes of measurements.
+    if !quick && !args.iter().any(|a| a == "--bench") {
+        println!("overlay bench: run with `cargo bench --bench overlay [-- --quick]`");
+        return;
+    }
+    let only: Vec<&str> = args
+        .iter()
+        .filter(|a| !a.starts_with('-'))
+        .map(String::as_str)
+        .collect();
+    if let Some(bad) = only.iter().find(|s| !SECTIONS.contains(s)) {
+        eprintln!("unknown section {bad:?}; sections: {}", SECTIONS.join(" "));
+        std::process::exit(2);
+    }
+    let want = |s: &str| only.is_empty() || only.contains(&s);
+    // The nodes' own diagnostics on stderr, filtered by RUST_LOG as in the binary;
+    // errors only by default (RUST_LOG=warn shows dropped peers and closed links).
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("error")).init();
+    let plan = if quick { Plan::quick() } else { Plan::full() };
+
+    println!(
+        "p2p-overlay benchmarks ({} mode), nodes on 127.0.0.1; source {}",
+        if quick { "quick" } else { "full" },
+        source_version()
+    );
+    raise_open_files_limit();
+    let started = Instant::now();
+    let mut r = Results {
+        load_before: load_average(),
+        ..Results::default()
+    };
+    println!("load average at start: {}", r.load_before);
+    watchdog::start();
+    check_library(&mut r, args.iter().any(|a| a == "--no-workaround"));
+    let t = started;
+    if want("link") {
+        section("link", plan.link_limit(), &plan, &mut r, t, |r| {
+            run_link(&plan, r)
+        });
+    }
+    if want("rtt") {
+        section("rtt", plan.rtt_limit(), &plan, &mut r, t, |r| {
+            run_rtt(&plan, r)
+        });
+    }
+    if want("broadcast") || want("burst") {
+        section("broadcast", plan.overlay_limit(), &plan, &mut r, t, |r| {
+            run_overlays(&plan, r, want("broadcast"), want("burst"))
+        });
+    }
+    if want("join") {
+        let limit = plan.join_timeout + Duration::from_secs(120);
+        section("join", limit, &plan, &mut r, t, |r| run_join(&plan, r));
+    }
+    if want("memory") {
+        let limit = Duration::from_secs(120);
+        section("memory", limit, &plan, &mut r, t, |r| run_memory(&plan, r));
+    }
+    print_summary(&r);
+    let others: Vec<String> = r
+        .other_cpu
+        .iter()
+        .map(|(n, p)| format!("{n} {p:.0}%"))
+        .collect();
+    println!(
+        "\nCPU taken by other processes during each section: {} (near 0% = quiet machine)",
+        others.join(", ")
+    );
+    if !r.notes.is_empty() {
+        println!("\nNotes:");
+        for n in &r.notes {
+            println!("  - {n}");
+        }
+    }
+    let path = json_path();
+    write_json(&path, &to_json(&plan, &r, started.elapsed()));
+    println!(
+        "\nTotal {:.1} s. JSON written to {}",
+        started.elapsed().as_secs_f64(),
+        path.display()
+    );
+}
+
+/// Open files the 100-node overlays need: ~8,000 measured (every socket is held by
+/// up to 5 descriptors), plus room.
+const OPEN_FILES_NEEDED: u64 = 12_000;
+
+/// Raises the soft limit on open files towards [`OPEN_FILES_NEEDED`] (never above
+/// the hard limit, which needs no privilege) and says what it is.
+fn raise_open_files_limit() {
+    let before = open_files_limit();
+    let raised = rlimit::increase_nofile_limit(OPEN_FILES_NEEDED);
+    match (before, open_files_limit()) {
+        (Some((old, _)), Some((soft, hard))) => {
+            let change = if soft != old {
+                format!(", raised from {old}")
+            } else {
+                String::new()
+            };
+            println!("open files limit: soft {soft}{change}, hard {hard}");
+            if soft < OPEN_FILES_NEEDED {
+                println!(
+                    "  warning: the 100-node runs need ~8,000; raise the hard limit \
+                     (ulimit -Hn {OPEN_FILES_NEEDED}) or they may fail"
+                );
+            }
+        }
+        _ => println!("open files limit: unknown ({raised:?})"),
+    }
+}
+
+/// Runs one section under the watchdog, then records the JSON so far (what an
+/// aborted run leaves behind).
+fn section(
+    name: &str,
+    limit: Duration,
+    plan: &Plan,
+    r: &mut Results,
+    started: Instant,
+    run: impl FnOnce(&mut Results),
+) {
+    watchdog::arm(name, limit);
+    let before = support::CpuSnapshot::now();
+    run(r);
+    watchdog::disarm();
+    if let (Some(b), Some(a)) = (before, support::CpuSnapshot::now()) {
+        let others = b.others_percent(&a);
+        println!("  (other processes took {others:.0}% of the machine's CPU during `{name}`)");
+        r.other_cpu.push((name.to_string(), others));
+    }
+    watchdog::record_partial(json_path(), to_json(plan, r, started.elapsed()));
+}
+
+/// Probes for the peer-exchange deadlock and, unless `--no-workaround`, runs every
+/// node with a one-hour exchange interval when it is there.
+fn check_library(r: &mut Results, no_workaround: bool) {
+    match watchdog::peer_exchange_deadlocks() {
+        Ok(false) => println!("library check: periodic peer exchange OK"),
+        Ok(true) => {
+            r.exchange_deadlock = Some(true);
+            let what = "library check: a node with a link DEADLOCKS when its periodic peer \
+                        exchange runs (maintenance.rs holds the table lock across \
+                        send_peer_list; default interval 30 s)";
+            println!("{what}");
+            r.notes.push(what.into());
+            if no_workaround {
+                println!("  --no-workaround: sections longer than 30 s will hang and be aborted");
+            } else {
+                support::use_exchange_workaround(Duration::from_secs(3600));
+                let w = "workaround: every bench node runs with peer_exchange_interval = 1 h \
+                         (the p2p-node process in `memory` keeps the default)";
+                println!("  {w}");
+                r.notes.push(w.into());
+                r.workarounds.push("peer_exchange_interval=3600s".into());
+            }
+        }
+        Err(e) => r.notes.push(format!("library check failed: {e}")),
+    }
+    if r.exchange_deadlock.is_none() {
+        r.exchange_deadlock = Some(false);
+    }
+}
+
+/// The commit the library was built from, and whether src/ had changes on top of it
+/// (other people edit src/ while benchmarks run).
+fn source_version() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(env!("CARGO_MANIFEST_DIR"))
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(commit) => match git(&["status", "--porcelain", "--", "src"]) {
+            Some(changes) if changes.is_empty() => commit,
+            Some(_) => format!("{commit} + uncommitted changes in src/"),
+            None => commit,
+        },
+        None => "unknown (not a git checkout)".into(),
+    }
+}
+
+fn heading(title: &str) {
+    println!("\n== {title}");
+}
+
+fn run_link(plan: &Plan, r: &mut Results) {
+    heading("1-2. Link throughput: A -> B send_data_to_peer, vs raw TCP (median of runs)");
+    let mut t = Table::new(&[
+        "size",
+        "msgs",
+        "node msg/s",
+        "node MB/s",
+        "raw msg/s",
+        "raw MB/s",
+        "ratio",
+        "node runs ok",
+    ]);
+    for &(size, count) in &plan.link {
+        let l = direct::link_throughput(size, count, plan.link_reps, plan.run_timeout);
+        for e in &l.errors {
+            r.notes.push(format!("link {size} B: {e}"));
+        }
+        t.row(vec![
+            size_label(size),
+            fmt_n(count as f64),
+            format!(
+                "{}{}",
+                fmt_n(l.msgs_per_sec),
+                if l.partial { " (partial)" } else { "" }
+            ),
+            fmt_f(l.mb_per_sec(), 1),
+            fmt_n(l.baseline_msgs_per_sec),
+            fmt_f(l.baseline_mb_per_sec(), 1),
+            fmt_f(l.ratio(), 3),
+            format!("{}/{}", l.node_ok(), l.node_runs.len()),
+        ]);
+        r.link.push(l);
+    }
+    t.print();
+}
+
+fn run_rtt(plan: &Plan, r: &mut Results) {
+    heading(
+        "3. Round trip: A -> B -> A direct message, vs raw TCP ping-pong (10 alternating blocks)",
+    );
+    let res = direct::round_trip(
+        plan.rtt_size,
+        plan.rtt_trips,
+        plan.rtt_warmup,
+        10,
+        plan.run_timeout,
+    );
+    r.notes
+        .extend(res.errors.iter().map(|e| format!("rtt: {e}")));
+    let mut t = Table::new(&[
+        "path", "size", "trips", "p50 us", "p90 us", "p99 us", "max us",
+    ]);
+    for (name, times) in [("node", &res.node), ("raw tcp", &res.baseline)] {
+        let p = Percentiles::of(times);
+        let cell =
+            |f: fn(&Percentiles) -> Duration| p.as_ref().map_or("-".into(), |p| fmt_f(us(f(p)), 1));
+        t.row(vec![
+            name.into(),
+            size_label(res.size),
+            fmt_n(times.len() as f64),
+            cell(|p| p.p50),
+            cell(|p| p.p90),
+            cell(|p| p.p99),
+            cell(|p| p.max),
+        ]);
+    }
+    t.print();
+    println!(
+        "  ratio of p50s (node / raw): {}",
+        fmt_f(rtt_ratio(&res), 2)
+    );
+    r.rtt = Some(res);
+}
+
+fn rtt_ratio(res: &RttResult) -> f64 {
+    match (Percentiles::of(&res.node), Percentiles::of(&res.baseline)) {
+        (Some(n), Some(b)) => us(n.p50) / us(b.p50),
+        _ => f64::NAN,
+    }
+}
+
+/// Forms each overlay, measures broadcast latency on it, and the burst on the one of
+/// `burst_nodes` nodes.
+fn run_overlays(plan: &Plan, r: &mut Results, latency: bool, burst: bool) {
+    let mut sizes: Vec<usize> = if latency {
+        plan.broadcast_nodes.clone()
+    } else {
+        Vec::new()
+    };
+    if burst && !sizes.contains(&plan.burst_nodes) {
+        sizes.push(plan.burst_nodes);
+    }
+    let mut t = Table::new(&[
+        "nodes",
+        "formed in",
+        "links mean",
+        "msgs",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "incomplete",
+        "copies/deliv",
+        "dups/deliv",
+    ]);
+    for &n in &sizes {
+        heading(&format!(
+            "Overlay of {n} nodes (each joins a random earlier node, default config)"
+        ));
+        let t0 = Instant::now();
+        let ov = match Overlay::form_random(n, TOPOLOGY_SEED) {
+            Ok(ov) => ov,
+            Err(e) => {
+                r.notes.push(format!("overlay {n}: {e}"));
+                continue;
+            }
+        };
+        r.notes.extend(summarize(
+            &format!("overlay {n}: connect_to_peer failed"),
+            &ov.join_errors,
+        ));
+        let conv = ov.wait_connected(t0, t0 + plan.form_timeout, true);
+        println!("  {}", conv.describe());
+        if !conv.connected {
+            r.notes.push(format!("overlay {n}: {}", conv.describe()));
+        }
+        let origin = n - 1; // the last to join: a typical node, not the hub node 0
+        if latency && plan.broadcast_nodes.contains(&n) {
+            let l = broadcast::latency(
+                &ov,
+                origin,
+                plan.broadcast_count,
+                plan.broadcast_warmup,
+                plan.broadcast_size,
+                plan.broadcast_per_msg,
+            );
+            print_latency_line(&l);
+            if l.incomplete > 0 {
+                r.notes.push(format!(
+                    "broadcast {n}: {} of {} broadcasts did not reach every node within {:?}",
+                    l.incomplete, l.sent, plan.broadcast_per_msg
+                ));
+            }
+            let p = l.percentiles();
+            let cell = |f: fn(&Percentiles) -> Duration| {
+                p.as_ref().map_or("-".into(), |p| fmt_f(ms(f(p)), 2))
+            };
+            t.row(vec![
+                n.to_string(),
+                format!("{:.2} s", conv.elapsed.as_secs_f64()),
+                fmt_f(conv.mean_links, 1),
+                l.sent.to_string(),
+                cell(|p| p.p50),
+                cell(|p| p.p90),
+                cell(|p| p.p99),
+                cell(|p| p.max),
+                l.incomplete.to_string(),
+                fmt_f(l.copies_per_delivery(), 2),
+                fmt_f(l.duplicates_per_delivery(), 2),
+            ]);
+            r.broadcast.push((l, conv));
+        }
+        if burst && n == plan.burst_nodes {
+            let b = broadcast::burst(
+                &ov,
+                origin,
+                plan.burst_count,
+                plan.burst_size,
+                plan.burst_timeout,
+                Duration::from_secs(10),
+            );
+            print_burst(&b, plan.burst_size, r);
+            r.burst = Some(b);
+        }
+        if let Some(note) = ov.shutdown() {
+            r.notes.push(format!("overlay {n}: {note}"));
+        }
+    }
+    if !t.is_empty() {
+        heading("4. Broadcast latency: origin -> last node to deliver (64 B, one at a time)");
+        t.print();
+    }
+}
+
+fn print_latency_line(l: &LatencyResult) {
+    let p = l.percentiles();
+    let done = Percentiles::of(&l.flood_done);
+    println!(
+        "  broadcast latency: {} sent, p50 {} ms, p99 {} ms (flood over: p50 {} ms), \
+         {} incomplete;\n  copies/delivery {:.2}, duplicates dropped/delivery {:.2}, \
+         double deliveries {}",
+        l.sent,
+        p.map_or("-".into(), |p| fmt_f(ms(p.p50), 2)),
+        p.map_or("-".into(), |p| fmt_f(ms(p.p99), 2)),
+        done.map_or("-".into(), |p| fmt_f(ms(p.p50), 2)),
+        l.incomplete,
+        l.copies_per_delivery(),
+        l.duplicates_per_delivery(),
+        l.double_deliveries,
+    );
+    let c = &l.counters;
+    let sent = c.frames_forwarded + l.origin_sends;
+    let accounted = l.deliveries + c.duplicates_dropped;
+    if sent != accounted {
+        println!(
+            "  note: {sent} copies sent but {accounted} accounted for \
+             (deliveries + duplicates dropped): {} lost in flight",
+            sent as i64 - accounted as i64
+        );
+    }
+}
+
+fn print_burst(b: &BurstResult, size: usize, r: &mut Results) {
+    heading(&format!(
+        "5. Broadcast burst: {} x {} broadcasts back to back, {} nodes",
+        b.msgs,
+        size_label(size),
+        b.nodes
+    ));
+    let mut t = Table::new(&[
+        "nodes",
+        "msgs",
+        "origin send s",
+        "slowest done s",
+        "msg/s slowest",
+        "lost",
+        "dups",
+        "slow peers dropped",
+        "events dropped",
+        "link ends before/after",
+    ]);
+    t.row(vec![
+        b.nodes.to_string(),
+        fmt_n(b.msgs as f64),
+        fmt_f(b.send_time.as_secs_f64(), 2),
+        fmt_f(b.slowest.as_secs_f64(), 2),
+        fmt_n(b.msgs_per_sec_slowest()),
+        b.lost.to_string(),
+        b.duplicates.to_string(),
+        b.counters.slow_peers_dropped.to_string(),
+        b.counters.events_dropped.to_string(),
+        format!("{}/{}", b.links_before, b.links_after),
+    ]);
+    t.print();
+    if !b.complete {
+        r.notes.push(format!(
+            "burst: incomplete: the slowest node delivered {} of {}; {} lost, {} send errors",
+            b.min_delivered, b.msgs, b.lost, b.send_errors
+        ));
+    }
+}
+
+fn run_join(plan: &Plan, r: &mut Results) {
+    heading(&format!(
+        "6. Join convergence: {} nodes join through one seed",
+        plan.join_nodes
+    ));
+    match join::join_through_seed(plan.join_nodes, plan.join_timeout) {
+        Ok(j) => {
+            let mut t = Table::new(&[
+                "nodes",
+                "joins done s",
+                "converged s",
+                "at target",
+                "below target",
+                "links min/mean/max",
+            ]);
+            t.row(vec![
+                j.nodes.to_string(),
+                fmt_f(j.joins.as_secs_f64(), 3),
+                fmt_f(j.convergence.elapsed.as_secs_f64(), 3),
+                if j.convergence.at_target { "yes" } else { "NO" }.into(),
+                j.convergence.below_target.to_string(),
+                format!(
+                    "{}/{:.1}/{}",
+                    j.convergence.min_links, j.convergence.mean_links, j.convergence.max_links
+                ),
+            ]);
+            t.print();
+            if !j.convergence.at_target {
+                r.notes.push(format!(
+                    "join: not every node at target within {:?}: {}",
+                    plan.join_timeout,
+                    j.convergence.describe()
+                ));
+            }
+            r.notes.extend(summarize("join: failed", &j.errors));
+            r.join.push(j);
+        }
+        Err(e) => r.notes.push(format!("join: {e}")),
+    }
+}
+
+fn run_memory(plan: &Plan, r: &mut Results) {
+    heading(&format!(
+        "7. Memory: one p2p-node process ({}), idle and with {} links",
+        memory::NODE_BIN,
+        plan.memory_links
+    ));
+    match memory::measure(plan.memory_links) {
+        Ok(m) => {
+            let mut t = Table::new(&[
+                "state",
+                "links",
+                "VmRSS KiB",
+                "threads",
+                "KiB/link",
+                "threads/link",
+            ]);
+            t.row(vec![
+                "idle".into(),
+                "0".into(),
+                m.idle_rss_kib.to_string(),
+                m.idle_threads.to_string(),
+                String::new(),
+                String::new(),
+            ]);
+            t.row(vec![
+                "loaded".into(),
+                m.links_up.to_string(),
+                m.loaded_rss_kib.to_string(),
+                m.loaded_threads.to_string(),
+                fmt_f(m.per_link_kib(), 1),
+                fmt_f(m.threads_per_link(), 2),
+            ]);
+            t.print();
+            r.notes
+                .extend(m.errors.iter().map(|e| format!("memory: {e}")));
+            r.memory = Some(m);
+        }
+        Err(e) => r.notes.push(format!("memory: {e}")),
+    }
+}
+
+/// One note for a list of similar errors: the count and the first two.
+fn summarize(what: &str, errors: &[String]) -> Option<String> {
+    match errors {
+        [] => None,
+        [one] => Some(format!("{what}: {one}")),
+        [a, b, ..] => Some(format!(
+            "{what} {} times, e.g. {a}; {b}{}",
+            errors.len(),
+            if errors.len() > 2 { "; ..." } else { "" }
+        )),
+    }
+}
+
+fn size_label(size: usize) -> String {
+    if size >= 1024 && size % 1024 == 0 {
+        format!("{} KiB", size / 1024)
+    } else {
+        format!("{size} B")
+    }
+}
+
+/// One line of the summary: the figure, what was measured, the target, a verdict and
+/// the reference figure from the issue.
+fn verdict(ok: Option<bool>) -> String {
+    match ok {
+        Some(true) => "met".into(),
+        Some(false) => "MISSED".into(),
+        None => "not measured".into(),
+    }
+}
+
+fn print_summary(r: &Results) {
+    heading("Summary against the targets");
+    let mut t = Table::new(&["figure", "measured", "target", "verdict", "reference"]);
+    for l in &r.link {
+        let (target, reference) = match l.size {
+            64 => (0.25, "C++ original: ~130 direct msg/s".to_string()),
+            1024 => (0.5, "raw TCP here ~5.6 M msg/s".to_string()),
+            _ => (0.5, "raw TCP here ~2.6 GB/s".to_string()),
+        };
+        let ratio = l.ratio();
+        t.row(vec![
+            format!("link {} ratio", size_label(l.size)),
+            format!(
+                "{} ({} msg/s, {} MB/s{})",
+                fmt_f(ratio, 3),
+                fmt_n(l.msgs_per_sec),
+                fmt_f(l.mb_per_sec(), 0),
+                if l.partial { ", partial" } else { "" }
+            ),
+            format!(">= {target}"),
+            match (ratio.is_finite(), l.node_ok(), l.node_runs.len()) {
+                (true, ok, runs) if ok < runs => format!(
+                    "{}; only {ok}/{runs} runs delivered everything",
+                    verdict(Some(ratio >= target))
+                ),
+                (finite, _, _) => verdict(finite.then_some(ratio >= target)),
+            },
+            reference,
+        ]);
+    }
+    if let Some(res) = &r.rtt {
+        let ratio = rtt_ratio(res);
+        let p50 = Percentiles::of(&res.node).map_or(f64::NAN, |p| us(p.p50));
+        t.row(vec![
+            "rtt p50 ratio".into(),
+            format!("{} ({} us)", fmt_f(ratio, 2), fmt_f(p50, 1)),
+            "<= 1.5".into(),
+            verdict(ratio.is_finite().then_some(ratio <= 1.5)),
+            "raw ping-pong ~67 us".into(),
+        ]);
+    }
+    for (l, _) in &r.broadcast {
+        let (target, reference) = match l.nodes {
+            50 => (Some(3.0), "libp2p gossipsub p99 ~12 ms"),
+            100 => (Some(6.0), "libp2p gossipsub p99 ~23 ms"),
+            _ => (None, ""),
+        };
+        let p99 = l.percentiles().map_or(f64::NAN, |p| ms(p.p99));
+        let complete = l.incomplete == 0;
+        t.row(vec![
+            format!("broadcast p99, {} nodes", l.nodes),
+            format!(
+                "{} ms{}",
+                fmt_f(p99, 2),
+                if complete { "" } else { " (incomplete)" }
+            ),
+            target.map_or("-".into(), |x| format!("< {x} ms")),
+            match target {
+                Some(x) => verdict(p99.is_finite().then_some(p99 < x && complete)),
+                None => "-".into(),
+            },
+            reference.into(),
+        ]);
+    }
+    if let Some(b) = &r.burst {
+        let rate = b.msgs_per_sec_slowest();
+        t.row(vec![
+            format!("burst, slowest of {}", b.nodes),
+            format!(
+                "{} msg/s, lost {}, dups {}",
+                fmt_n(rate),
+                b.lost,
+                b.duplicates
+            ),
+            ">= 1,500 msg/s, 0 lost, 0 dups".into(),
+            verdict(Some(
+                b.complete && rate >= 1500.0 && b.lost == 0 && b.duplicates == 0,
+            )),
+            "libp2p gossipsub ~150 msg/s".into(),
+        ]);
+    }
+    for j in &r.join {
+        let secs = j.convergence.elapsed.as_secs_f64();
+        t.row(vec![
+            format!("join of {}", j.nodes),
+            format!(
+                "{} s{}",
+                fmt_f(secs, 2),
+                if j.convergence.at_target {
+                    ""
+                } else {
+                    " (not converged)"
+                }
+            ),
+            "< 2 s".into(),
+            verdict(Some(j.convergence.at_target && secs < 2.0)),
+            String::new(),
+        ]);
+    }
+    if let Some(m) = &r.memory {
+        t.row(vec![
+            "idle RSS".into(),
+            format!("{} KiB", m.idle_rss_kib),
+            "< 4 MiB".into(),
+            verdict(Some(m.idle_rss_kib < 4096)),
+            String::new(),
+        ]);
+        t.row(vec![
+            "RSS per link".into(),
+            format!(
+                "{} KiB ({} threads/link)",
+                fmt_f(m.per_link_kib(), 1),
+                fmt_f(m.threads_per_link(), 2)
+            ),
+            "< 128 KiB".into(),
+            verdict(Some(m.per_link_kib() < 128.0)),
+            String::new(),
+        ]);
+    }
+    t.print();
+}
+
+/// `target/bench/overlay.json` (under `CARGO_TARGET_DIR` when set).
+fn json_path() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    target.join("bench").join("overlay.json")
+}
+
+fn write_json(path: &PathBuf, doc: &Value) {
+    let written = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| {
+            let text = serde_json::to_string_pretty(doc).unwrap_or_default();
+            std::fs::write(path, text + "\n")
+        });
+    if let Err(e) = written {
+        eprintln!("cannot write {}: {e}", path.display());
+    }
+}
+
+fn to_json(plan: &Plan, r: &Results, total: Duration) -> Value {
+    let pct = |times: &[Duration], f: fn(&Percentiles) -> Duration, unit: fn(Duration) -> f64| {
+        Percentiles::of(times).map_or(f64::NAN, |p| unit(f(&p)))
+    };
+    let link: Vec<Value> = r
+        .link
+        .iter()
+        .map(|l| {
+            json!({
+                "size": l.size, "msgs": l.count,
+                "msgs_per_sec": l.msgs_per_sec,
+                "baseline_msgs_per_sec": l.baseline_msgs_per_sec,
+                "ratio": l.ratio(),
+                "mb_per_sec": l.mb_per_sec(),
+                "baseline_mb_per_sec": l.baseline_mb_per_sec(),
+                "runs": l.node_runs.iter().map(|(x, _)| *x).collect::<Vec<f64>>(),
+                "runs_complete": l.node_runs.iter().map(|(_, ok)| *ok).collect::<Vec<bool>>(),
+                "partial": l.partial,
+                "baseline_runs": l.baseline_runs,
+                "node_runs_ok": l.node_ok(),
+                "complete": l.errors.is_empty(),
+            })
+        })
+        .collect();
+    let rtt = r.rtt.as_ref().map_or(Value::Null, |res| {
+        json!({
+            "size": res.size, "trips": res.node.len(),
+            "p50_us": pct(&res.node, |p| p.p50, us),
+            "p90_us": pct(&res.node, |p| p.p90, us),
+            "p99_us": pct(&res.node, |p| p.p99, us),
+            "baseline_p50_us": pct(&res.baseline, |p| p.p50, us),
+            "baseline_p90_us": pct(&res.baseline, |p| p.p90, us),
+            "baseline_p99_us": pct(&res.baseline, |p| p.p99, us),
+            "ratio": rtt_ratio(res),
+            "complete": res.errors.is_empty(),
+        })
+    });
+    let broadcast: Vec<Value> = r
+        .broadcast
+        .iter()
+        .map(|(l, conv)| {
+            json!({
+                "nodes": l.nodes, "msgs": l.sent,
+                "p50_ms": pct(&l.times, |p| p.p50, ms),
+                "p90_ms": pct(&l.times, |p| p.p90, ms),
+                "p99_ms": pct(&l.times, |p| p.p99, ms),
+                "max_ms": pct(&l.times, |p| p.max, ms),
+                "flood_done_p50_ms": pct(&l.flood_done, |p| p.p50, ms),
+                "copies_per_delivery": l.copies_per_delivery(),
+                "duplicates_dropped_per_delivery": l.duplicates_per_delivery(),
+                "double_deliveries": l.double_deliveries,
+                "incomplete": l.incomplete,
+                "formed_secs": conv.elapsed.as_secs_f64(),
+                "mean_links": conv.mean_links,
+                "connected": conv.connected,
+            })
+        })
+        .collect();
+    let burst = r.burst.as_ref().map_or(Value::Null, |b| {
+        json!({
+            "nodes": b.nodes, "msgs": b.msgs,
+            "msgs_per_sec_slowest": b.msgs_per_sec_slowest(),
+            "lost": b.lost, "duplicates": b.duplicates,
+            "slowest_secs": b.slowest.as_secs_f64(),
+            "origin_send_secs": b.send_time.as_secs_f64(),
+            "slow_peers_dropped": b.counters.slow_peers_dropped,
+            "events_dropped": b.counters.events_dropped,
+            "complete": b.complete,
+        })
+    });
+    let join: Vec<Value> = r
+        .join
+        .iter()
+        .map(|j| {
+            json!({
+                "nodes": j.nodes,
+                "secs": j.convergence.elapsed.as_secs_f64(),
+                "joins_secs": j.joins.as_secs_f64(),
+                "at_target": j.convergence.at_target,
+                "below_target": j.convergence.below_target,
+            })
+        })
+        .collect();
+    let memory = r.memory.as_ref().map_or(Value::Null, |m| {
+        json!({
+            "idle_rss_kib": m.idle_rss_kib as f64,
+            "per_link_kib": m.per_link_kib(),
+            "threads_per_link": m.threads_per_link(),
+            "links": m.links_up,
+            "links_requested": m.links,
+            "loaded_rss_kib": m.loaded_rss_kib as f64,
+            "idle_threads": m.idle_threads,
+            "loaded_threads": m.loaded_threads,
+        })
+    });
+    json!({
+        "mode": if plan.quick { "quick" } else { "full" },
+        "source": source_version(),
+        "load_average_at_start": r.load_before,
+        "other_cpu_percent": r.other_cpu.iter().map(|(n, p)| (n.clone(), json!(p)))
+            .collect::<serde_json::Map<String, Value>>(),
+        "total_secs": total.as_secs_f64(),
+        "link": link, "rtt": rtt, "broadcast": broadcast, "burst": burst,
+        "join": join, "memory": memory,
+        "peer_exchange_deadlock": r.exchange_deadlock,
+        "workarounds": r.workarounds,
+        "notes": r.notes,
+    })
+}
