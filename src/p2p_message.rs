@@ -332,10 +332,17 @@ pub fn read_frame<R: Read>(mut r: R, max_frame: u32) -> Result<Option<Vec<u8>>, 
         });
     }
     let len = len as usize;
-    // Up to 64 KiB is reserved at once; a larger body grows as its bytes arrive, so a
-    // peer that announces a big frame and then trickles costs what it sent, not what
-    // it announced.
-    let mut frame = Vec::with_capacity(len.min(RESERVE_AT_ONCE));
+    if len <= RESERVE_AT_ONCE {
+        let mut frame = vec![0u8; len];
+        let got = read_full(&mut r, &mut frame)?;
+        if got < len {
+            return Err(DecodeError::Truncated { needed: len, got });
+        }
+        return Ok(Some(frame));
+    }
+    // A larger body grows as its bytes arrive, so a peer that announces a big frame
+    // and then trickles costs what it sent, not what it announced.
+    let mut frame = Vec::with_capacity(RESERVE_AT_ONCE);
     let got = r.take(len as u64).read_to_end(&mut frame)?;
     if got < len {
         return Err(DecodeError::Truncated { needed: len, got });
