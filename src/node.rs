@@ -53,10 +53,6 @@ const DUPLICATE_LINGER: Duration = Duration::from_secs(1);
 /// until the stall rule below recognises a peer that stopped reading.
 const RELAY_WAIT: Duration = Duration::from_millis(200);
 
-/// A writer stuck inside one write for this long (its socket buffer full) is
-/// writing to a peer that does not read: such a peer is dropped without waiting.
-const WRITER_STALL: Duration = Duration::from_millis(500);
-
 /// How long `stop` lets links close gracefully (LEAVE flushed, peer hangs up) before it
 /// shuts every socket down.
 const GRACEFUL_CLOSE: Duration = Duration::from_millis(300);
@@ -924,7 +920,9 @@ impl Shared {
     /// - the peer is reading, just not as fast as frames come (a burst, a busy
     ///   machine): wait up to `max_wait` for room, which slows the sender down the way
     ///   TCP would;
-    /// - the peer stopped reading: its writer has been stuck for [`WRITER_STALL`].
+    /// - the peer stopped reading: its writer has been stuck inside one write for the
+    ///   peer timeout (on a loaded machine a reading peer can pause for a second or
+    ///   two; one that accepts nothing for the peer timeout is as good as gone).
     ///   Then the peer is dropped at once, without waiting, so it delays nobody.
     ///
     /// A peer whose queue stays full for all of `max_wait` is dropped too.
@@ -936,7 +934,7 @@ impl Shared {
         };
         let since = link.writing_since_ms.load(Ordering::Relaxed);
         let stalled = since != WRITER_IDLE
-            && self.now_ms().saturating_sub(since) > WRITER_STALL.as_millis() as u64;
+            && self.now_ms().saturating_sub(since) > self.config.peer_timeout.as_millis() as u64;
         if !stalled {
             match link.tx.send_timeout(frame, max_wait) {
                 Ok(()) => return Queued::Yes,
