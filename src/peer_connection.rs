@@ -434,15 +434,15 @@ fn writer_loop(
                 },
             };
             // Control frames waiting go first; then up to a batch of data frames, after
-            // which control gets its turn again even if data keeps coming.
+            // which control gets its turn again even if data keeps coming. A batch
+            // (at most WRITE_BATCH frames) that takes the peer timeout to write means a
+            // peer that stopped reading, so the mark is per batch, not per frame.
+            progress.start_write();
             let mut next = Some(first);
             let mut batch = 0;
             while let Some(item) = next {
                 match item.bytes() {
-                    Some(f) => {
-                        progress.start_write();
-                        out.write_all(f)?;
-                    }
+                    Some(f) => out.write_all(f)?,
                     None => {
                         // Close. Frames queued after it (a sender racing a
                         // replacement) still go out before the half-close.
@@ -465,7 +465,6 @@ fn writer_loop(
                     None
                 };
             }
-            progress.start_write();
             out.flush()?;
             progress.idle();
         }

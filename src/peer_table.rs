@@ -63,8 +63,8 @@ pub(crate) struct Link {
     /// Control frames (PING, PONG, PEERS). A queue of their own, so an application
     /// that keeps `tx` full with its own messages never starves the heartbeat.
     pub ctl: Sender<Arc<[u8]>>,
-    /// Milliseconds since the node's epoch when the writer started the write it is
-    /// blocked in, or [`WRITER_IDLE`]. A write that takes long means the peer stopped
+    /// Milliseconds since the node's epoch when the writer started the batch it is
+    /// writing, or [`WRITER_IDLE`]. A batch that takes long means the peer stopped
     /// reading.
     pub writing_since_ms: Arc<AtomicU64>,
     /// A clone of the socket, only to `shutdown` it from another thread.
