@@ -1093,9 +1093,9 @@ impl Shared {
         self.addrs.lock().add_own(addr);
     }
 
-    /// Delivers a broadcast once and forwards it on every other link while its hop
-    /// count is below the limit. `from` is `None` only for our own broadcasts.
-    pub(crate) fn handle_broadcast(&self, b: Broadcast, from: Option<&Arc<Link>>) {
+    /// Delivers a broadcast that arrived on `from` once, and forwards it on every other
+    /// link (except to its origin) while its hop count is below the limit.
+    pub(crate) fn handle_broadcast(&self, b: Broadcast, from: &Link) {
         if b.hops == 0 || b.hops > self.config.hop_limit {
             self.count_ignored_frame(&format!(
                 "dropping broadcast {}:{} with hop count {} (limit {})",
@@ -1130,8 +1130,7 @@ impl Shared {
         if let Some(frame) = frame {
             let links = self.table.lock().links();
             for link in links {
-                let is_sender = from.is_some_and(|f| f.conn_id == link.conn_id);
-                if is_sender || link.node_id == b.origin {
+                if link.conn_id == from.conn_id || link.node_id == b.origin {
                     continue;
                 }
                 if self.queue_frame(&link, Arc::clone(&frame)) == Queued::Yes {

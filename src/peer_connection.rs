@@ -366,7 +366,7 @@ impl PeerConnection {
                     }
                 }
                 P2PMessage::Peers { addrs } => shared.learn_addrs(&addrs, link),
-                P2PMessage::Broadcast(b) => shared.handle_broadcast(b, Some(link)),
+                P2PMessage::Broadcast(b) => shared.handle_broadcast(b, link),
                 P2PMessage::Leave => {
                     shared.defer_redial(&link.addr);
                     return Closed::Normal("left".into());
