@@ -485,21 +485,9 @@ impl Node {
         }
 
         let links = shared.table.lock().drain_links();
-        let leave: Arc<[u8]> = P2PMessage::Leave.encode().into();
         for link in &links {
-            let queued = link
-                .tx
-                .try_send(Outbound::Frame(Arc::clone(&leave)))
-                .is_ok()
-                && link.tx.try_send(Outbound::Close).is_ok();
-            if !queued {
-                let _ = link.stream.shutdown(std::net::Shutdown::Both);
-            }
-            shared.emit(Event::PeerDown {
-                node_id: link.node_id,
-                addr: link.addr,
-                reason: "node stopped".into(),
-            });
+            send_leave(link);
+            shared.emit_peer_down(link, "node stopped");
         }
         drop(links);
         // Duplicates being wound down are half-closed now rather than after their
@@ -539,6 +527,16 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Queues LEAVE and then `Close` on `link`, so its writer flushes what is queued, says
+/// goodbye and half-closes; a link whose queue is full is shut down instead.
+fn send_leave(link: &Link) {
+    let leave = Outbound::Owned(P2PMessage::Leave.encode());
+    let queued = link.tx.try_send(leave).is_ok() && link.tx.try_send(Outbound::Close).is_ok();
+    if !queued {
+        let _ = link.stream.shutdown(std::net::Shutdown::Both);
     }
 }
 
@@ -761,11 +759,7 @@ impl Shared {
                             old.node_id,
                             link.node_id
                         );
-                        self.emit(Event::PeerDown {
-                            node_id: old.node_id,
-                            addr: old.addr,
-                            reason: "replaced by a new node on the same address".into(),
-                        });
+                        self.emit_peer_down(&old, "replaced by a new node on the same address");
                     }
                 }
                 self.addrs.lock().mark_success(link.addr, Instant::now());
@@ -881,33 +875,31 @@ impl Shared {
     /// Removes `link` from the table (if it is still the current link to that node),
     /// reports `PeerDown`, and shuts the socket so both its threads end.
     pub(crate) fn close_link(&self, link: &Link, reason: &str) {
-        let removed = self.table.lock().remove(link.node_id, link.conn_id);
-        if removed.is_some() {
-            self.emit(Event::PeerDown {
-                node_id: link.node_id,
-                addr: link.addr,
-                reason: reason.to_string(),
-            });
-        }
+        self.unlink(link, reason);
         let _ = link.stream.shutdown(std::net::Shutdown::Both);
     }
 
     /// Closes `link` politely: LEAVE, then a half-close once it is written.
     pub(crate) fn leave_link(&self, link: &Link, reason: &str) {
+        self.unlink(link, reason);
+        send_leave(link);
+    }
+
+    /// Removes `link` from the table if it is still the current link to its node, and
+    /// reports `PeerDown` only then (a retired duplicate ending is no news).
+    fn unlink(&self, link: &Link, reason: &str) {
         let removed = self.table.lock().remove(link.node_id, link.conn_id);
         if removed.is_some() {
-            self.emit(Event::PeerDown {
-                node_id: link.node_id,
-                addr: link.addr,
-                reason: reason.to_string(),
-            });
+            self.emit_peer_down(link, reason);
         }
-        let leave: Arc<[u8]> = P2PMessage::Leave.encode().into();
-        let queued = link.tx.try_send(Outbound::Frame(leave)).is_ok()
-            && link.tx.try_send(Outbound::Close).is_ok();
-        if !queued {
-            let _ = link.stream.shutdown(std::net::Shutdown::Both);
-        }
+    }
+
+    fn emit_peer_down(&self, link: &Link, reason: &str) {
+        self.emit(Event::PeerDown {
+            node_id: link.node_id,
+            addr: link.addr,
+            reason: reason.to_string(),
+        });
     }
 
     /// Queues a data frame for the node's own threads (forwarded broadcasts), waiting
