@@ -63,6 +63,7 @@ mod event;
 pub mod known_addrs;
 mod maintenance;
 mod node;
+mod outbox;
 pub mod p2p_message;
 pub mod peer_cache;
 mod peer_connection;

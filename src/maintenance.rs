@@ -68,7 +68,7 @@ fn heartbeat(shared: &Shared) {
     let interval_ms = shared.config.heartbeat_interval.as_millis() as u64;
     let timeout_ms = shared.config.peer_timeout.as_millis() as u64;
     let links = shared.table.lock().links();
-    let mut ping: Option<Arc<[u8]>> = None;
+    let mut ping: Option<Vec<u8>> = None;
     for link in links {
         let silent = now_ms.saturating_sub(link.last_seen_ms.load(Ordering::Relaxed));
         if silent > timeout_ms {
@@ -83,9 +83,8 @@ fn heartbeat(shared: &Shared) {
                     nonce: shared.now_us(),
                 }
                 .encode()
-                .into()
             });
-            shared.queue_control(&link, Arc::clone(frame));
+            shared.queue_control(&link, frame);
         }
     }
 }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, unbounded, Receiver, SendTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use parking_lot::Mutex;
 
 use crate::config::Config;
@@ -30,10 +30,11 @@ use crate::error::Error;
 use crate::event::{Event, PeerInfo};
 use crate::known_addrs::{is_dialable, AddrBook, KnownAddr};
 use crate::maintenance;
+use crate::outbox::{Frame, Outbox, Push};
 use crate::p2p_message::{Broadcast, Join, NodeId, P2PMessage, LEN_PREFIX, PROTOCOL_VERSION};
 use crate::peer_cache;
 use crate::peer_connection_factory::{spawn_named, PeerConnectionFactory};
-use crate::peer_table::{Insert, Limits, Link, Outbound, PeerTable, Retiring, WRITER_IDLE};
+use crate::peer_table::{Insert, Limits, Link, PeerTable, Retiring};
 use crate::seen_cache::SeenCache;
 
 /// Most addresses sent in one PEERS message.
@@ -336,7 +337,7 @@ impl Node {
     /// `PeerTooSlow` returned, so one stuck peer cannot hold the caller forever.
     pub fn send_data_to_peer(&self, addr: SocketAddr, text: &str) -> Result<(), Error> {
         self.shared.check_frame_len(1 + text.len())?;
-        let frame = Outbound::Owned(P2PMessage::encode_data(text));
+        let frame = Frame::Owned(P2PMessage::encode_data(text));
         let link = self.shared.table.lock().by_addr(&addr);
         let link = match link {
             Some(l) => l,
@@ -373,15 +374,16 @@ impl Node {
         let mut sent = 0;
         let mut full = Vec::new();
         for link in links {
-            match link.tx.try_send(Outbound::Frame(Arc::clone(&frame))) {
-                Ok(()) => sent += 1,
-                Err(TrySendError::Full(_)) => full.push(link),
-                Err(TrySendError::Disconnected(_)) => {}
+            let copy = Frame::Shared(Arc::clone(&frame));
+            match link.outbox.push_data(copy, Duration::ZERO, Duration::MAX) {
+                Push::Queued => sent += 1,
+                Push::Full => full.push(link),
+                Push::Closed => {}
             }
         }
         for link in &full {
             if shared
-                .send_blocking(link, Outbound::Frame(Arc::clone(&frame)))
+                .send_blocking(link, Frame::Shared(Arc::clone(&frame)))
                 .is_ok()
             {
                 sent += 1;
@@ -494,9 +496,11 @@ impl Node {
         // linger, so the graceful wait below is not spent waiting for them.
         let retiring = shared.table.lock().drain_retiring();
         for r in retiring {
-            let told_writer = r.tx.is_some_and(|tx| tx.try_send(Outbound::Close).is_ok());
-            if !told_writer {
-                let _ = r.stream.shutdown(std::net::Shutdown::Write);
+            match r.outbox {
+                Some(outbox) => outbox.close(),
+                None => {
+                    let _ = r.stream.shutdown(std::net::Shutdown::Write);
+                }
             }
         }
 
@@ -530,12 +534,10 @@ impl Drop for Node {
     }
 }
 
-/// Queues LEAVE and then `Close` on `link`, so its writer flushes what is queued, says
+/// Queues LEAVE on `link` and closes it, so its writer flushes what is queued, says
 /// goodbye and half-closes; a link whose queue is full is shut down instead.
 fn send_leave(link: &Link) {
-    let leave = Outbound::Owned(P2PMessage::Leave.encode());
-    let queued = link.tx.try_send(leave).is_ok() && link.tx.try_send(Outbound::Close).is_ok();
-    if !queued {
+    if !link.outbox.leave(P2PMessage::Leave.encode()) {
         let _ = link.stream.shutdown(std::net::Shutdown::Both);
     }
 }
@@ -845,7 +847,7 @@ impl Shared {
     /// have picked the link just before it was replaced) and half-closes; until the
     /// peer closes too, its reader goes on delivering.
     fn retire_replaced(&self, old: &Link) {
-        self.add_retiring(old, Some(old.tx.clone()));
+        self.add_retiring(old, Some(Arc::clone(&old.outbox)));
     }
 
     /// Winds down a new connection that lost to the existing link: it is read until the
@@ -857,7 +859,7 @@ impl Shared {
     /// The linger gives the peer time to finish the winning handshake before it sees
     /// this connection end; otherwise it would report the link down and up again.
     /// Whatever happens, the connection is shut after the handshake timeout more.
-    fn add_retiring(&self, link: &Link, tx: Option<Sender<Outbound>>) {
+    fn add_retiring(&self, link: &Link, outbox: Option<Arc<Outbox>>) {
         let Ok(stream) = link.stream.try_clone() else {
             let _ = link.stream.shutdown(std::net::Shutdown::Both);
             return;
@@ -866,7 +868,7 @@ impl Shared {
         self.table.lock().add_retiring(Retiring {
             conn_id: link.conn_id,
             stream,
-            tx,
+            outbox,
             half_close_at: Some(half_close_at),
             give_up_at: half_close_at + self.config.handshake_timeout,
         });
@@ -905,7 +907,7 @@ impl Shared {
     /// Queues a data frame for the node's own threads (forwarded broadcasts), waiting
     /// at most [`RELAY_WAIT`] for room; see [`Shared::queue_with_backpressure`].
     pub(crate) fn queue_frame(&self, link: &Link, frame: Arc<[u8]>) -> Queued {
-        self.queue_with_backpressure(link, Outbound::Frame(frame), RELAY_WAIT)
+        self.queue_with_backpressure(link, Frame::Shared(frame), RELAY_WAIT)
     }
 
     /// Queues a data frame on `link`. A full queue is one of two things:
@@ -918,43 +920,37 @@ impl Shared {
     ///   Then the peer is dropped at once, without waiting, so it delays nobody.
     ///
     /// A peer whose queue stays full for all of `max_wait` is dropped too.
-    fn queue_with_backpressure(&self, link: &Link, frame: Outbound, max_wait: Duration) -> Queued {
-        let frame = match link.tx.try_send(frame) {
-            Ok(()) => return Queued::Yes,
-            Err(TrySendError::Disconnected(_)) => return Queued::LinkClosing,
-            Err(TrySendError::Full(f)) => f,
-        };
-        let since = link.writing_since_ms.load(Ordering::Relaxed);
-        let stalled = since != WRITER_IDLE
-            && self.now_ms().saturating_sub(since) > self.config.peer_timeout.as_millis() as u64;
-        if !stalled {
-            match link.tx.send_timeout(frame, max_wait) {
-                Ok(()) => return Queued::Yes,
-                Err(SendTimeoutError::Disconnected(_)) => return Queued::LinkClosing,
-                Err(SendTimeoutError::Timeout(_)) => {}
+    fn queue_with_backpressure(&self, link: &Link, frame: Frame, max_wait: Duration) -> Queued {
+        match link
+            .outbox
+            .push_data(frame, max_wait, self.config.peer_timeout)
+        {
+            Push::Queued => Queued::Yes,
+            Push::Closed => Queued::LinkClosing,
+            Push::Full => {
+                self.drop_slow_peer(link);
+                Queued::PeerDropped
             }
         }
-        self.drop_slow_peer(link);
-        Queued::PeerDropped
     }
 
     /// Queues a control frame (PING, PONG, PEERS) on its own queue. Full means the peer
     /// has not read for dozens of heartbeats: it is dropped.
-    pub(crate) fn queue_control(&self, link: &Link, frame: Arc<[u8]>) -> Queued {
-        match link.ctl.try_send(frame) {
-            Ok(()) => Queued::Yes,
-            Err(TrySendError::Full(_)) => {
+    pub(crate) fn queue_control(&self, link: &Link, frame: &[u8]) -> Queued {
+        match link.outbox.push_control(frame) {
+            Push::Queued => Queued::Yes,
+            Push::Full => {
                 self.drop_slow_peer(link);
                 Queued::PeerDropped
             }
-            Err(TrySendError::Disconnected(_)) => Queued::LinkClosing,
+            Push::Closed => Queued::LinkClosing,
         }
     }
 
     /// Queues a frame for the application, waiting up to the peer timeout for room:
     /// backpressure for a caller sending faster than the link carries, but a peer
     /// that stays stuck is dropped.
-    fn send_blocking(&self, link: &Link, frame: Outbound) -> Result<(), Error> {
+    fn send_blocking(&self, link: &Link, frame: Frame) -> Result<(), Error> {
         match self.queue_with_backpressure(link, frame, self.config.peer_timeout) {
             Queued::Yes => Ok(()),
             Queued::PeerDropped => Err(Error::PeerTooSlow(link.addr)),
@@ -977,8 +973,8 @@ impl Shared {
     /// Sends `link` the addresses we know: our other links first, then healthy known
     /// addresses.
     pub(crate) fn send_peer_list(&self, link: &Link) {
-        let frame: Arc<[u8]> = self.peer_list(link.addr).encode().into();
-        self.queue_control(link, frame);
+        let frame = self.peer_list(link.addr).encode();
+        self.queue_control(link, &frame);
     }
 
     /// The PEERS message for the node at `to`: our links first, then healthy known
@@ -1110,15 +1106,8 @@ impl Shared {
             .encode()
             .into()
         });
-        self.stats
-            .broadcasts_delivered
-            .fetch_add(1, Ordering::Relaxed);
-        self.emit(Event::Broadcast {
-            origin_id: b.origin,
-            origin: b.origin_addr,
-            hops: b.hops,
-            text: b.text,
-        });
+        // Forward first, deliver after: the next hops' copies are on the wire before
+        // this node's application gets its turn.
         if let Some(frame) = frame {
             let links = self.table.lock().links();
             for link in links {
@@ -1130,5 +1119,14 @@ impl Shared {
                 }
             }
         }
+        self.stats
+            .broadcasts_delivered
+            .fetch_add(1, Ordering::Relaxed);
+        self.emit(Event::Broadcast {
+            origin_id: b.origin,
+            origin: b.origin_addr,
+            hops: b.hops,
+            text: b.text,
+        });
     }
 }

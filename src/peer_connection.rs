@@ -9,49 +9,36 @@
 //!    (we dialled ourselves) ends the connection.
 //! 2. **Register.** [`Shared::handle_join`] adds the link to the peer table, which
 //!    keeps one link per pair of nodes; a losing duplicate is closed here.
-//! 3. **Writer.** A second thread drains the link's bounded queue into the socket,
-//!    batching every frame that is waiting into one write.
+//! 3. **Writer.** A second thread runs the link's [`Outbox`]: it sends what callers
+//!    queued, many frames per write (callers send directly when the link is idle).
 //! 4. **Reader loop.** This thread reads frames until the peer leaves, the socket
 //!    fails or closes, or a frame breaks the protocol; each closes the link with a
 //!    logged reason.
 //!
 //! No lock is held across any socket call in this file.
 
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use crossbeam_channel::{bounded, never, select, Receiver};
 
 use crate::error::Error;
 use crate::event::{Direction, Event};
 use crate::node::{HandleJoin, Queued, Shared};
+use crate::outbox::Outbox;
 use crate::p2p_message::{
     read_frame, DecodeError, Join, P2PMessage, MAX_JOIN_FRAME, PROTOCOL_VERSION,
 };
 use crate::peer_connection_factory::{spawn_named, DialWaiter};
-use crate::peer_table::{Link, Outbound, WRITER_IDLE};
+use crate::peer_table::Link;
 
 /// Read buffer per link: one `read` call brings in hundreds of small frames. Pages
 /// are only touched (and count as memory) once that much arrives at once.
 const READ_BUF: usize = 64 * 1024;
 
-/// Most data frames the writer takes in one batch before it flushes and looks at the
-/// control queue again.
-const WRITE_BATCH: usize = 256;
-
-/// Control frames a link may have queued. Heartbeats and peer lists are few; a peer
-/// that lets this many pile up is not reading at all and is dropped.
-const CONTROL_QUEUE: usize = 64;
-
 /// How long a node at its link cap waits for a referred peer to hang up.
 const REFER_DRAIN: Duration = Duration::from_secs(1);
-
-/// Write buffer per link: the writer coalesces queued frames up to this size per
-/// `write` call.
-const WRITE_BUF: usize = 32 * 1024;
 
 /// One connection, before and after its handshake.
 pub(crate) struct PeerConnection {
@@ -213,16 +200,18 @@ impl PeerConnection {
             Direction::Outbound => (shared.id, local_port(&self.stream)),
             Direction::Inbound => (join.node_id, self.remote.port()),
         };
-        let (tx, rx) = bounded(shared.config.queue_len);
-        let (ctl, ctl_rx) = bounded(CONTROL_QUEUE);
+        let outbox = Arc::new(Outbox::new(
+            stream_for_writer,
+            shared.config.queue_len,
+            shared.epoch(),
+        ));
         let link = Arc::new(Link::new(
             self.conn_id,
             join.node_id,
             addr,
             self.direction,
             dial_key,
-            tx,
-            ctl,
+            Arc::clone(&outbox),
             stream_for_link,
             shared.now_ms(),
         ));
@@ -232,7 +221,6 @@ impl PeerConnection {
                 log::debug!("{addr}: duplicate connection, keeping the other one");
                 self.finish_dial(Ok(existing.info()));
                 // Deliver whatever the peer sent here before it saw the winner.
-                drop((rx, ctl_rx));
                 shared.retire_duplicate(&link);
                 self.read_loop(&link, stream_for_reader);
                 return;
@@ -250,11 +238,8 @@ impl PeerConnection {
             }
         }
         let writer = spawn_named(format!("tx {addr}"), shared.config.thread_stack_size, {
-            let progress = WriteProgress {
-                writing_since_ms: Arc::clone(&link.writing_since_ms),
-                epoch: shared.epoch(),
-            };
-            move || writer_loop(stream_for_writer, rx, ctl_rx, progress)
+            let outbox = Arc::clone(&outbox);
+            move || outbox.run_writer()
         });
         let writer = match writer {
             Ok(h) => h,
@@ -282,8 +267,8 @@ impl PeerConnection {
             }
         };
         shared.close_link(&link, &reason);
-        // The writer stops on Close, or on the write error the shutdown causes.
-        let _ = link.tx.try_send(Outbound::Close);
+        // The writer stops once closed, or on the write error the shutdown causes.
+        outbox.close();
         drop(link);
         if writer.join().is_err() {
             log::error!("{addr}: writer thread panicked");
@@ -354,8 +339,8 @@ impl PeerConnection {
                     text,
                 }),
                 P2PMessage::Ping { nonce } => {
-                    let pong: Arc<[u8]> = P2PMessage::Pong { nonce }.encode().into();
-                    if shared.queue_control(link, pong) == Queued::PeerDropped {
+                    let pong = P2PMessage::Pong { nonce }.encode();
+                    if shared.queue_control(link, &pong) == Queued::PeerDropped {
                         return Closed::Fault("outbound queue full".into());
                     }
                 }
@@ -388,97 +373,6 @@ impl PeerConnection {
         }
         if let Some(w) = self.waiter.take() {
             let _ = w.send(result);
-        }
-    }
-}
-
-/// Where the writer records that it is making progress.
-struct WriteProgress {
-    writing_since_ms: Arc<AtomicU64>,
-    epoch: Instant,
-}
-
-impl WriteProgress {
-    fn start_write(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
-        self.writing_since_ms.store(ms, Ordering::Relaxed);
-    }
-
-    fn idle(&self) {
-        self.writing_since_ms.store(WRITER_IDLE, Ordering::Relaxed);
-    }
-}
-
-/// Drains a link's two queues into its socket, control frames first. Every frame
-/// already waiting is written in the same batch, so a busy link costs one `write` per
-/// batch rather than per message.
-fn writer_loop(
-    stream: TcpStream,
-    data: Receiver<Outbound>,
-    ctl: Receiver<Arc<[u8]>>,
-    progress: WriteProgress,
-) {
-    let mut out = BufWriter::with_capacity(WRITE_BUF, &stream);
-    let mut ctl = ctl;
-    let result = (|| -> io::Result<bool> {
-        loop {
-            let first = select! {
-                recv(ctl) -> f => match f {
-                    Ok(f) => Outbound::Frame(f),
-                    // Only dropped together with `data`; stop selecting on it.
-                    Err(_) => { ctl = never(); continue; }
-                },
-                recv(data) -> item => match item {
-                    Ok(item) => item,
-                    Err(_) => return Ok(false),
-                },
-            };
-            // Control frames waiting go first; then up to a batch of data frames, after
-            // which control gets its turn again even if data keeps coming. A batch
-            // (at most WRITE_BATCH frames) that takes the peer timeout to write means a
-            // peer that stopped reading, so the mark is per batch, not per frame.
-            progress.start_write();
-            let mut next = Some(first);
-            let mut batch = 0;
-            while let Some(item) = next {
-                match item.bytes() {
-                    Some(f) => out.write_all(f)?,
-                    None => {
-                        // Close. Frames queued after it (a sender racing a
-                        // replacement) still go out before the half-close.
-                        while let Ok(more) = data.try_recv() {
-                            if let Some(f) = more.bytes() {
-                                out.write_all(f)?;
-                            }
-                        }
-                        out.flush()?;
-                        return Ok(true);
-                    }
-                }
-                while let Ok(f) = ctl.try_recv() {
-                    out.write_all(&f)?;
-                }
-                batch += 1;
-                next = if batch < WRITE_BATCH {
-                    data.try_recv().ok()
-                } else {
-                    None
-                };
-            }
-            out.flush()?;
-            progress.idle();
-        }
-    })();
-    // On error, discard what is buffered: flushing it could block on a dead peer.
-    let _ = out.into_parts();
-    match result {
-        // Graceful: the peer reads what we sent (e.g. LEAVE), then sees end of stream.
-        Ok(_) => {
-            let _ = stream.shutdown(Shutdown::Write);
-        }
-        // Wake the reader so the link closes now.
-        Err(_) => {
-            let _ = stream.shutdown(Shutdown::Both);
         }
     }
 }

@@ -13,36 +13,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
-
 use crate::event::{Direction, PeerInfo};
+use crate::outbox::Outbox;
 use crate::p2p_message::NodeId;
-
-/// One item for a link's writer thread.
-pub(crate) enum Outbound {
-    /// A whole encoded frame, shared when the same frame goes to many links.
-    Frame(Arc<[u8]>),
-    /// A whole encoded frame for this link alone (a direct message): no second
-    /// allocation and copy into an `Arc`.
-    Owned(Vec<u8>),
-    /// Flush what is queued, half-close the socket and stop: the graceful end of a
-    /// link after LEAVE.
-    Close,
-}
-
-/// `Link::writing_since_ms` when the writer is not inside a write.
-pub(crate) const WRITER_IDLE: u64 = u64::MAX;
-
-impl Outbound {
-    /// The frame's bytes; `None` for `Close`.
-    pub(crate) fn bytes(&self) -> Option<&[u8]> {
-        match self {
-            Outbound::Frame(f) => Some(f),
-            Outbound::Owned(v) => Some(v),
-            Outbound::Close => None,
-        }
-    }
-}
 
 /// Marks an RTT that has not been measured yet.
 const NO_RTT: u64 = u64::MAX;
@@ -58,15 +31,8 @@ pub(crate) struct Link {
     pub direction: Direction,
     /// Orders duplicate connections between the same pair; see [`PeerTable::insert`].
     pub dial_key: (NodeId, u16),
-    /// Data frames (DATA, BROADCAST), LEAVE and Close, in order.
-    pub tx: Sender<Outbound>,
-    /// Control frames (PING, PONG, PEERS). A queue of their own, so an application
-    /// that keeps `tx` full with its own messages never starves the heartbeat.
-    pub ctl: Sender<Arc<[u8]>>,
-    /// Milliseconds since the node's epoch when the writer started the batch it is
-    /// writing, or [`WRITER_IDLE`]. A batch that takes long means the peer stopped
-    /// reading.
-    pub writing_since_ms: Arc<AtomicU64>,
+    /// Outbound frames and the socket's write side.
+    pub outbox: Arc<Outbox>,
     /// A clone of the socket, only to `shutdown` it from another thread.
     pub stream: TcpStream,
     pub connected_at: Instant,
@@ -86,8 +52,7 @@ impl Link {
         addr: SocketAddr,
         direction: Direction,
         dial_key: (NodeId, u16),
-        tx: Sender<Outbound>,
-        ctl: Sender<Arc<[u8]>>,
+        outbox: Arc<Outbox>,
         stream: TcpStream,
         now_ms: u64,
     ) -> Link {
@@ -97,9 +62,7 @@ impl Link {
             addr,
             direction,
             dial_key,
-            tx,
-            ctl,
-            writing_since_ms: Arc::new(AtomicU64::new(WRITER_IDLE)),
+            outbox,
             stream,
             connected_at: Instant::now(),
             last_seen_ms: AtomicU64::new(now_ms),
@@ -135,9 +98,9 @@ impl Link {
 pub(crate) struct Retiring {
     pub conn_id: u64,
     pub stream: TcpStream,
-    /// The queue of its writer, if it has one: at `half_close_at` the writer is told
-    /// to flush and half-close, so nothing already queued is cut off.
-    pub tx: Option<Sender<Outbound>>,
+    /// Its outbox, if it has a writer: at `half_close_at` the writer is told to flush
+    /// and half-close, so nothing already queued is cut off.
+    pub outbox: Option<Arc<Outbox>>,
     /// When to half-close it.
     pub half_close_at: Option<Instant>,
     /// When to shut it down whatever the peer does.
@@ -302,12 +265,10 @@ impl PeerTable {
             }
             if r.half_close_at.is_some_and(|t| t <= now) {
                 r.half_close_at = None;
-                match r.tx.take() {
-                    // A writer whose queue is still full is left to the give-up
-                    // deadline rather than cut off mid-queue.
-                    Some(tx) => {
-                        let _ = tx.try_send(Outbound::Close);
-                    }
+                match r.outbox.take() {
+                    // A writer that is still sending is left to the give-up deadline
+                    // rather than cut off mid-queue.
+                    Some(outbox) => outbox.close(),
                     None => {
                         if let Ok(s) = r.stream.try_clone() {
                             half.push(s);
@@ -388,17 +349,20 @@ mod tests {
     }
 
     fn link(conn_id: u64, node: u64, addr: &str, key: (u64, u16)) -> Arc<Link> {
-        let (tx, _rx) = crossbeam_channel::bounded(1);
-        let (ctl, _ctl_rx) = crossbeam_channel::bounded(1);
+        let socket = socket();
+        let outbox = Arc::new(Outbox::new(
+            socket.try_clone().expect("clone"),
+            1,
+            Instant::now(),
+        ));
         Arc::new(Link::new(
             conn_id,
             NodeId(node),
             addr.parse().expect("addr"),
             Direction::Inbound,
             (NodeId(key.0), key.1),
-            tx,
-            ctl,
-            socket(),
+            outbox,
+            socket,
             0,
         ))
     }
