@@ -70,7 +70,9 @@ pub struct Config {
     /// How often every link is sent the current address list again, so that nodes
     /// that joined later are learned. Defaults to 30 s.
     pub peer_exchange_interval: Duration,
-    /// Events kept for the application before new ones are dropped (and counted).
+    /// Events kept for the application. Past it, a link's reader waits (up to 1 s, at
+    /// most half the peer timeout, per message) for the application to catch up,
+    /// which slows the sending peer; then it drops the message and counts it.
     /// Defaults to 100,000.
     pub max_pending_events: usize,
     /// File the known addresses are saved to and restored from, so a restarted node

@@ -54,6 +54,10 @@ const DUPLICATE_LINGER: Duration = Duration::from_secs(1);
 /// until the stall rule below recognises a peer that stopped reading.
 const RELAY_WAIT: Duration = Duration::from_millis(200);
 
+/// The longest a reader waits for the application to make room for one message
+/// (never more than half the peer timeout); see [`Shared::deliver`].
+const EVENT_WAIT: Duration = Duration::from_secs(1);
+
 /// How long `stop` lets links close gracefully (LEAVE flushed, peer hangs up) before it
 /// shuts every socket down.
 const GRACEFUL_CLOSE: Duration = Duration::from_millis(300);
@@ -273,8 +277,9 @@ impl Node {
     }
 
     /// The node's events. Every clone shares one queue, so usually one consumer takes
-    /// them all. Events pile up (up to `max_pending_events`, then new ones are dropped
-    /// and counted) until someone receives them.
+    /// them all. Events pile up until someone receives them, up to
+    /// `max_pending_events`; past that, readers wait for room, which slows the peers
+    /// down, and drop (and count) a message only after a bounded wait.
     pub fn events(&self) -> Receiver<Event> {
         self.events.clone()
     }
@@ -718,19 +723,51 @@ impl Shared {
     }
 
     /// Hands an event to the application, or counts it as dropped when the application
-    /// has let `max_pending_events` pile up.
+    /// has let `max_pending_events` pile up. Never blocks: for link state changes,
+    /// which the maintenance thread and `stop` report too.
     pub(crate) fn emit(&self, ev: Event) {
         if self.events.len() >= self.config.max_pending_events {
-            let n = self.stats.events_dropped.fetch_add(1, Ordering::Relaxed);
-            if n % 10_000 == 0 {
-                log::warn!(
-                    "event queue full: the application is not consuming events ({} dropped)",
-                    n + 1
-                );
-            }
+            self.drop_event();
             return;
         }
         let _ = self.events.send(ev);
+    }
+
+    /// Hands a message that arrived on a link to the application. When the application
+    /// is `max_pending_events` behind, the calling reader waits for room instead of
+    /// dropping it: it stops reading, so TCP slows the sender down to the pace of the
+    /// application. It waits at most [`EVENT_WAIT`] per message, then drops it and
+    /// counts it: an application that stopped consuming must not stop the node.
+    pub(crate) fn deliver(&self, ev: Event) {
+        if self.events.len() >= self.config.max_pending_events {
+            let deadline = Instant::now() + self.event_wait();
+            let mut pause = Duration::from_micros(50);
+            while self.events.len() >= self.config.max_pending_events {
+                if Instant::now() >= deadline || !self.is_running() {
+                    self.drop_event();
+                    return;
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(5));
+            }
+        }
+        let _ = self.events.send(ev);
+    }
+
+    /// Half the peer timeout: a reader waiting this long per message still reads often
+    /// enough that its own peer is not taken for dead.
+    fn event_wait(&self) -> Duration {
+        (self.config.peer_timeout / 2).min(EVENT_WAIT)
+    }
+
+    fn drop_event(&self) {
+        let n = self.stats.events_dropped.fetch_add(1, Ordering::Relaxed);
+        if n % 10_000 == 0 {
+            log::warn!(
+                "event queue full: the application is not consuming events ({} dropped)",
+                n + 1
+            );
+        }
     }
 
     /// Registers a link that completed its handshake (the C++ `handleJoin`, which the
@@ -1122,7 +1159,7 @@ impl Shared {
         self.stats
             .broadcasts_delivered
             .fetch_add(1, Ordering::Relaxed);
-        self.emit(Event::Broadcast {
+        self.deliver(Event::Broadcast {
             origin_id: b.origin,
             origin: b.origin_addr,
             hops: b.hops,

@@ -333,7 +333,7 @@ impl PeerConnection {
             log::trace!("{}: received {:?}", link.addr, msg.message_type());
             match msg {
                 P2PMessage::Join(_) => return Closed::Fault("second JOIN on a live link".into()),
-                P2PMessage::Data { text } => shared.emit(Event::Message {
+                P2PMessage::Data { text } => shared.deliver(Event::Message {
                     from_id: link.node_id,
                     from: link.addr,
                     text,

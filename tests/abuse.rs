@@ -434,6 +434,93 @@ fn app_broadcast_burst_does_not_drop_healthy_peers() {
     }
 }
 
+/// An application that consumes its events more slowly than a peer sends slows that
+/// peer down instead of losing messages: the reader waits for room in the event queue
+/// (so TCP pushes back), and every message arrives, in order, none dropped.
+#[test]
+fn slow_application_slows_the_sender_and_loses_nothing() {
+    let _watchdog = watchdog("slow_application_slows_the_sender_and_loses_nothing", WATCHDOG);
+    let a = start_node(|c| c.auto_dial = false);
+    let b = start_node(|c| {
+        c.auto_dial = false;
+        c.max_pending_events = 50;
+    });
+    link(&a, &b);
+    let _ = b.pending_events(); // PeerUp
+    const N: usize = 2000;
+    let sender = {
+        let node = Arc::clone(&a.node);
+        let to = b.addr();
+        thread::spawn(move || {
+            for i in 0..N {
+                node.send_data_to_peer(to, &format!("m{i}"))?;
+            }
+            Ok::<(), Error>(())
+        })
+    };
+    // Consume slowly: a pause every 100 messages keeps the queue at its bound.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut got = Vec::with_capacity(N);
+    let mut max_seen = 0;
+    while got.len() < N && Instant::now() < deadline {
+        max_seen = max_seen.max(b.events.len());
+        match b.events.recv_timeout(Duration::from_secs(5)) {
+            Ok(Event::Message { text, .. }) => got.push(text),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+        if got.len() % 100 == 0 {
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+    sender.join().expect("sender thread").expect("every send succeeds");
+    assert_eq!(got.len(), N, "delivered {} of {N}", got.len());
+    for (i, text) in got.iter().enumerate() {
+        assert_eq!(text, &format!("m{i}"), "message {i} out of order");
+    }
+    assert!(max_seen >= 40, "the queue never filled (max {max_seen}): nothing was tested");
+    assert_eq!(b.info().events_dropped, 0);
+    assert!(a.is_linked_to(&b) && b.is_linked_to(&a), "the link survived");
+}
+
+/// An application that stops consuming does not stop the node: a reader waits a
+/// bounded time per message, then drops it and counts it, and keeps serving the link,
+/// so heartbeats continue and messages flow again once the application reads.
+#[test]
+fn application_that_stops_reading_loses_counted_messages_but_keeps_its_links() {
+    let _watchdog = watchdog(
+        "application_that_stops_reading_loses_counted_messages_but_keeps_its_links",
+        WATCHDOG,
+    );
+    let fast = |c: &mut Config| {
+        c.auto_dial = false;
+        c.heartbeat_interval = Duration::from_millis(100);
+        c.peer_timeout = Duration::from_millis(600);
+    };
+    let a = start_node(fast);
+    let b = start_node(|c| {
+        fast(c);
+        c.max_pending_events = 10;
+    });
+    link(&a, &b);
+    // B's application reads nothing while A sends 40 messages: 10 fit, and each of
+    // the rest waits up to 300 ms (half the peer timeout) before it is dropped.
+    for i in 0..40 {
+        a.send_data_to_peer(b.addr(), &format!("m{i}"))
+            .expect("send");
+    }
+    assert!(
+        eventually(Duration::from_secs(30), || b.info().events_dropped >= 30),
+        "dropped: {}",
+        b.info().events_dropped
+    );
+    assert!(a.is_linked_to(&b) && b.is_linked_to(&a), "the link survived");
+    // The application reads again: new messages arrive.
+    let _ = b.pending_events();
+    a.send_data_to_peer(b.addr(), "after").expect("send");
+    assert!(b.wait_for(|ev| is_message(ev, "after")).is_some());
+}
+
 /// Five nodes in a full mesh, each broadcasting 200 messages at once: every node
 /// delivers each of the other nodes' 800 messages exactly once.
 #[test]
