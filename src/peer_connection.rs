@@ -307,7 +307,11 @@ impl PeerConnection {
         // error then closes the link.
         let _ = stream.set_write_timeout(Some(shared.config.peer_timeout * 2));
         let mut reader = BufReader::with_capacity(READ_BUF, stream);
+        let mut frames: u32 = 0;
         loop {
+            // The clock is read when a frame needs the socket, or every 64 frames
+            // served from the buffer; not per frame.
+            let from_socket = reader.buffer().is_empty();
             let frame = match read_frame(&mut reader, shared.config.max_frame) {
                 Ok(Some(f)) => f,
                 Ok(None) => return Closed::Normal("connection closed by peer".into()),
@@ -317,7 +321,10 @@ impl PeerConnection {
                 Err(DecodeError::Io(e)) => return Closed::Fault(format!("read failed: {e}")),
                 Err(e) => return Closed::Fault(e.to_string()),
             };
-            link.last_seen_ms.store(shared.now_ms(), Ordering::Relaxed);
+            frames = frames.wrapping_add(1);
+            if from_socket || frames % 64 == 0 {
+                link.last_seen_ms.store(shared.now_ms(), Ordering::Relaxed);
+            }
             let msg = match P2PMessage::decode_owned(frame) {
                 Ok(m) => m,
                 Err(DecodeError::UnknownType(t)) => {
