@@ -61,6 +61,7 @@ mod config;
 mod error;
 mod event;
 pub mod known_addrs;
+mod lazy_push;
 mod maintenance;
 mod node;
 mod outbox;

@@ -4,33 +4,45 @@
 //! The C++ original had only a thread that printed the peer set every 1000 s.
 //!
 //! It wakes every quarter heartbeat interval (between 10 and 250 ms), so a silent peer
-//! is dropped at most that long after its timeout. It waits with `select!` on its tick
-//! and on a shutdown channel, so `Node::stop` wakes it at once.
+//! is dropped at most that long after its timeout, and in between whenever lazy push
+//! has announcements or GRAFTs due (`lazy_push::due`; readers kick it when they
+//! schedule one). It waits with `select!` on the kick and on a shutdown channel, so
+//! `Node::stop` wakes it at once.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, tick, Receiver};
+use crossbeam_channel::{select, Receiver};
 
+use crate::lazy_push;
 use crate::node::Shared;
 use crate::p2p_message::P2PMessage;
 
 /// Runs until `stop` is closed.
-pub(crate) fn run(shared: Arc<Shared>, stop: Receiver<()>) {
+pub(crate) fn run(shared: Arc<Shared>, stop: Receiver<()>, lazy_kick: Receiver<()>) {
     let period = (shared.config.heartbeat_interval / 4)
         .clamp(Duration::from_millis(10), Duration::from_millis(250));
-    let ticker = tick(period);
+    let mut next_tick = Instant::now() + period;
+    let mut next_lazy: Option<Instant> = None;
     let mut last_exchange = Instant::now();
     let mut last_save = Instant::now();
     loop {
+        let wake = next_lazy.map_or(next_tick, |l| l.min(next_tick));
         select! {
             recv(stop) -> _ => break,
-            recv(ticker) -> _ => {}
+            recv(lazy_kick) -> _ => {}
+            default(wake.saturating_duration_since(Instant::now())) => {}
         }
         if !shared.is_running() {
             break;
         }
+        let now = Instant::now();
+        next_lazy = lazy_push::due(&shared, now);
+        if now < next_tick {
+            continue;
+        }
+        next_tick = now + period;
         heartbeat(&shared);
         if last_exchange.elapsed() >= shared.config.peer_exchange_interval {
             last_exchange = Instant::now();

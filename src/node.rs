@@ -29,9 +29,12 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::event::{Event, PeerInfo};
 use crate::known_addrs::{is_dialable, AddrBook, KnownAddr};
+use crate::lazy_push::{LazyPush, Reparent};
 use crate::maintenance;
 use crate::outbox::{Frame, Outbox, Push};
-use crate::p2p_message::{Broadcast, Join, NodeId, P2PMessage, LEN_PREFIX, PROTOCOL_VERSION};
+use crate::p2p_message::{
+    Announcement, Broadcast, BroadcastId, Join, NodeId, P2PMessage, LEN_PREFIX, PROTOCOL_VERSION,
+};
 use crate::peer_cache;
 use crate::peer_connection_factory::{spawn_named, PeerConnectionFactory};
 use crate::peer_table::{Insert, Limits, Link, PeerTable, Retiring};
@@ -104,8 +107,18 @@ pub struct NodeInfo {
     pub broadcasts_delivered: u64,
     /// Broadcast copies dropped because they had been seen already.
     pub duplicates_dropped: u64,
-    /// Broadcast frames queued for forwarding to neighbours.
+    /// Broadcast frames queued for forwarding to neighbours (others' broadcasts, and
+    /// broadcasts a neighbour asked for with GRAFT).
     pub frames_forwarded: u64,
+    /// Every broadcast frame this node queued: its own broadcasts' copies plus
+    /// `frames_forwarded`. Summed over an overlay, it equals deliveries plus
+    /// duplicates once every copy has arrived.
+    pub broadcast_frames_sent: u64,
+    /// Broadcasts asked for with GRAFT because the tree did not bring them in time
+    /// (a tree link or node failed, or the tree is still forming).
+    pub grafts_sent: u64,
+    /// Broadcast frames kept to answer GRAFTs (bounded: 4,096 frames, 16 MiB, 30 s).
+    pub stored_broadcasts: usize,
     /// Peers dropped because their outbound queue stayed full.
     pub slow_peers_dropped: u64,
     /// Events dropped because the application did not consume them.
@@ -133,6 +146,8 @@ struct Stats {
     broadcasts_delivered: AtomicU64,
     duplicates_dropped: AtomicU64,
     frames_forwarded: AtomicU64,
+    broadcast_frames_sent: AtomicU64,
+    grafts_sent: AtomicU64,
     slow_peers_dropped: AtomicU64,
     events_dropped: AtomicU64,
     refused_connections: AtomicU64,
@@ -179,6 +194,8 @@ pub(crate) struct Shared {
     next_seq: AtomicU64,
     /// Accepted sockets still in their handshake (see `max_pending_handshakes`).
     pending_handshakes: std::sync::atomic::AtomicUsize,
+    /// Eager and lazy push of broadcasts.
+    pub(crate) lazy: LazyPush,
     stats: Stats,
 }
 
@@ -204,6 +221,7 @@ impl Node {
         if let Some(path) = &config.peers_file {
             restore_peers_file(&mut addrs, path);
         }
+        let (lazy, lazy_kick) = LazyPush::new();
         let shared = Arc::new(Shared {
             id: NodeId::random(),
             local_addr,
@@ -220,6 +238,7 @@ impl Node {
             next_conn: AtomicU64::new(1),
             next_seq: AtomicU64::new(1),
             pending_handshakes: std::sync::atomic::AtomicUsize::new(0),
+            lazy,
             stats: Stats::default(),
             config,
         });
@@ -235,7 +254,7 @@ impl Node {
         let maintenance = {
             let shared = Arc::clone(&shared);
             spawn_named("maint".into(), stack, move || {
-                maintenance::run(shared, stop_rx)
+                maintenance::run(shared, stop_rx, lazy_kick)
             })
         };
         let maintenance = match maintenance {
@@ -355,9 +374,10 @@ impl Node {
         self.shared.send_blocking(&link, frame)
     }
 
-    /// Floods `text` to every node of the overlay (the C++ `broadcastData`, which only
-    /// reached direct peers). Returns the number of links it was queued on; 0 means no
-    /// node will receive it.
+    /// Sends `text` to every node of the overlay (the C++ `broadcastData`, which only
+    /// reached direct peers), along the broadcast tree (see the `lazy_push` module).
+    /// Returns the number of neighbours it was sent or announced to; 0 means no node
+    /// will receive it.
     pub fn broadcast_data(&self, text: &str) -> Result<usize, Error> {
         let shared = &self.shared;
         if !shared.is_running() {
@@ -370,31 +390,14 @@ impl Node {
             origin_addr: shared.own_addr(),
             text: text.to_string(),
         };
-        shared.seen.lock().insert((b.origin, b.seq), Instant::now());
+        let id = (b.origin, b.seq);
+        shared.seen.lock().insert(id, Instant::now());
         let frame = shared.checked_frame(&P2PMessage::Broadcast(b))?;
-        let links = shared.table.lock().links();
-        // Every link with room gets it now; only then does the caller wait (up to the
-        // peer timeout) for links whose queue is full, so a stuck peer delays nobody
-        // else's copy, and is dropped if it stays stuck.
-        let mut sent = 0;
-        let mut full = Vec::new();
-        for link in links {
-            let copy = Frame::Shared(Arc::clone(&frame));
-            match link.outbox.push_data(copy, Duration::ZERO, Duration::MAX) {
-                Push::Queued => sent += 1,
-                Push::Full => full.push(link),
-                Push::Closed => {}
-            }
-        }
-        for link in &full {
-            if shared
-                .send_blocking(link, Frame::Shared(Arc::clone(&frame)))
-                .is_ok()
-            {
-                sent += 1;
-            }
-        }
-        Ok(sent)
+        shared.lazy.have(id, Some(&frame), 0, None);
+        // The application waits (up to the peer timeout) for room on a full link, and
+        // the peer is dropped if it stays stuck; see `spread`.
+        let (eager, lazy) = shared.spread(id, 0, &frame, None, shared.config.peer_timeout);
+        Ok(eager + lazy)
     }
 
     /// The live links (the C++ `printPeers`, minus the printing).
@@ -454,6 +457,9 @@ impl Node {
             broadcasts_delivered: load(&s.stats.broadcasts_delivered),
             duplicates_dropped: load(&s.stats.duplicates_dropped),
             frames_forwarded: load(&s.stats.frames_forwarded),
+            broadcast_frames_sent: load(&s.stats.broadcast_frames_sent),
+            grafts_sent: load(&s.stats.grafts_sent),
+            stored_broadcasts: s.lazy.stored(),
             slow_peers_dropped: load(&s.stats.slow_peers_dropped),
             events_dropped: load(&s.stats.events_dropped),
             seen_ids,
@@ -738,20 +744,26 @@ impl Shared {
     /// dropping it: it stops reading, so TCP slows the sender down to the pace of the
     /// application. It waits at most [`EVENT_WAIT`] per message, then drops it and
     /// counts it: an application that stopped consuming must not stop the node.
-    pub(crate) fn deliver(&self, ev: Event) {
+    ///
+    /// Returns whether it had to wait: the reader then counts its peer as heard from
+    /// just now, since the silence was its own.
+    pub(crate) fn deliver(&self, ev: Event) -> bool {
         if self.events.len() >= self.config.max_pending_events {
             let deadline = Instant::now() + self.event_wait();
             let mut pause = Duration::from_micros(50);
             while self.events.len() >= self.config.max_pending_events {
                 if Instant::now() >= deadline || !self.is_running() {
                     self.drop_event();
-                    return;
+                    return true;
                 }
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(5));
             }
+            let _ = self.events.send(ev);
+            return true;
         }
         let _ = self.events.send(ev);
+        false
     }
 
     /// Half the peer timeout: a reader waiting this long per message still reads often
@@ -1118,43 +1130,47 @@ impl Shared {
         self.addrs.lock().add_own(addr);
     }
 
-    /// Delivers a broadcast that arrived on `from` once, and forwards it on every other
-    /// link (except to its origin) while its hop count is below the limit.
-    pub(crate) fn handle_broadcast(&self, b: Broadcast, from: &Link) {
+    /// Delivers a broadcast that arrived on `from` once, and passes it on (eager links
+    /// get it, lazy ones an announcement) while its hop count is below the limit. A
+    /// copy we already had makes `from` lazy at both ends (PRUNE).
+    ///
+    /// Returns whether delivering had to wait for the application (see `deliver`).
+    pub(crate) fn handle_broadcast(&self, b: Broadcast, from: &Link) -> bool {
         if b.hops == 0 || b.hops > self.config.hop_limit {
             self.count_ignored_frame(&format!(
                 "dropping broadcast {}:{} with hop count {} (limit {})",
                 b.origin, b.seq, b.hops, self.config.hop_limit
             ));
-            return;
+            return false;
         }
-        if b.origin == self.id || !self.seen.lock().insert((b.origin, b.seq), Instant::now()) {
+        let id = (b.origin, b.seq);
+        if b.origin == self.id || !self.seen.lock().insert(id, Instant::now()) {
             self.stats
                 .duplicates_dropped
                 .fetch_add(1, Ordering::Relaxed);
-            return;
+            match self.lazy.shorter_copy(&id, from.node_id, b.hops) {
+                // A copy nearer the origin than our parent's: `from` is the parent now.
+                Some(r) => self.reparent(r),
+                None => self.prune(from),
+            }
+            return false;
         }
-        let forward = b.hops < self.config.hop_limit;
-        let frame: Option<Arc<[u8]>> = forward.then(|| {
-            P2PMessage::Broadcast(Broadcast {
+        if b.hops >= self.config.hop_limit {
+            self.lazy.have(id, None, b.hops, Some(from.node_id));
+        } else {
+            let frame: Arc<[u8]> = P2PMessage::Broadcast(Broadcast {
                 hops: b.hops + 1,
                 ..b.clone()
             })
             .encode()
-            .into()
-        });
-        // Forward first, deliver after: the next hops' copies are on the wire before
-        // this node's application gets its turn.
-        if let Some(frame) = frame {
-            let links = self.table.lock().links();
-            for link in links {
-                if link.conn_id == from.conn_id || link.node_id == b.origin {
-                    continue;
-                }
-                if self.queue_frame(&link, Arc::clone(&frame)) == Queued::Yes {
-                    self.stats.frames_forwarded.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            .into();
+            self.lazy.have(id, Some(&frame), b.hops, Some(from.node_id));
+            // Pass it on first, deliver after: the next hops' copies are on the wire
+            // before this node's application gets its turn.
+            let (eager, _) = self.spread(id, b.hops, &frame, Some(from), RELAY_WAIT);
+            self.stats
+                .frames_forwarded
+                .fetch_add(eager as u64, Ordering::Relaxed);
         }
         self.stats
             .broadcasts_delivered
@@ -1164,6 +1180,106 @@ impl Shared {
             origin: b.origin_addr,
             hops: b.hops,
             text: b.text,
-        });
+        })
+    }
+
+    /// Sends a broadcast frame on every eager link and announces it on every lazy one,
+    /// except the link it came in on and a link to its origin. `hops` is how far it
+    /// travelled to reach us (0: our own). Returns (links sent on, links announced on).
+    ///
+    /// Every link with room gets its copy first; only then does the caller wait, up to
+    /// `wait`, on links whose queue is full, so one stuck peer delays nobody else's
+    /// copy (and is dropped if it stays stuck).
+    fn spread(
+        &self,
+        id: BroadcastId,
+        hops: u8,
+        frame: &Arc<[u8]>,
+        from: Option<&Link>,
+        wait: Duration,
+    ) -> (usize, usize) {
+        let links = self.table.lock().links();
+        let (mut sent, mut announced) = (0, 0);
+        let mut full = Vec::new();
+        for link in links {
+            if from.is_some_and(|f| f.conn_id == link.conn_id) || link.node_id == id.0 {
+                continue;
+            }
+            if !link.eager.load(Ordering::Relaxed) {
+                self.lazy.announce(&link, id, hops);
+                announced += 1;
+                continue;
+            }
+            let copy = Frame::Shared(Arc::clone(frame));
+            match link.outbox.push_data(copy, Duration::ZERO, Duration::MAX) {
+                Push::Queued => sent += 1,
+                Push::Full => full.push(link),
+                Push::Closed => {}
+            }
+        }
+        for link in &full {
+            let copy = Frame::Shared(Arc::clone(frame));
+            if self.queue_with_backpressure(link, copy, wait) == Queued::Yes {
+                sent += 1;
+            }
+        }
+        self.stats
+            .broadcast_frames_sent
+            .fetch_add(sent as u64, Ordering::Relaxed);
+        (sent, announced)
+    }
+
+    /// Answers a GRAFT: we send on this link eagerly again, starting with the
+    /// broadcasts it names that we still have.
+    pub(crate) fn handle_graft(&self, ids: &[BroadcastId], from: &Link) {
+        from.eager.store(true, Ordering::Relaxed);
+        for frame in self.lazy.frames(ids) {
+            if self.queue_frame(from, frame) == Queued::Yes {
+                self.stats.frames_forwarded.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .broadcast_frames_sent
+                    .fetch_add(1, Ordering::Relaxed);
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// Handles an IHAVE: see [`LazyPush::announced`].
+    pub(crate) fn handle_ihave(&self, ids: &[Announcement], from: &Link) {
+        let nearer = {
+            let seen = self.seen.lock();
+            self.lazy.announced(from, ids, |id| seen.contains(id))
+        };
+        if nearer && from.pruned.swap(false, Ordering::Relaxed) {
+            log::debug!(
+                "broadcast tree: {} is nearer the origin, grafting",
+                from.addr
+            );
+            self.queue_control(from, &P2PMessage::Graft { ids: Vec::new() }.encode());
+        }
+    }
+
+    /// Asks `link`'s peer to announce broadcasts instead of sending them (once).
+    fn prune(&self, link: &Link) {
+        if !link.pruned.swap(true, Ordering::Relaxed) {
+            self.queue_control(link, &P2PMessage::Prune.encode());
+        }
+    }
+
+    /// Makes `r.to` (which just sent us a copy: it sends eagerly) our parent in the
+    /// broadcast tree instead of `r.from`, which is pruned.
+    fn reparent(&self, r: Reparent) {
+        log::debug!("broadcast tree: parent {} replaces {}", r.to, r.from);
+        let from = self.table.lock().get(r.from);
+        if let Some(from) = from {
+            self.prune(&from);
+        }
+    }
+
+    pub(crate) fn count_grafts(&self, n: usize) {
+        self.stats
+            .grafts_sent
+            .fetch_add(n as u64, Ordering::Relaxed);
     }
 }

@@ -28,7 +28,7 @@ use byteorder::{BigEndian, ByteOrder, WriteBytesExt};
 
 /// Version carried in every JOIN. A node closes links whose version differs, because
 /// this protocol has no negotiation: both sides must parse each other's frames.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Default cap on `length` (1 MiB). Large enough for any text a person types, small
 /// enough that a hostile length prefix costs at most this much memory per connection.
@@ -45,6 +45,24 @@ pub const LEN_PREFIX: usize = 4;
 
 /// Longest network name a JOIN may carry, in bytes.
 pub const MAX_NETWORK_NAME: usize = 64;
+
+/// Most entries one IHAVE (17 bytes each) or GRAFT (16 bytes each) may carry; a
+/// sender with more splits them over several frames.
+pub const MAX_IDS_PER_MESSAGE: usize = 4096;
+
+/// A broadcast's unique id: its origin and the origin's sequence number.
+pub type BroadcastId = (NodeId, u64);
+
+/// One IHAVE entry: a broadcast the sender has, and the hop count it arrived with
+/// (0 for its own), so the receiver can tell whether the sender is nearer the origin
+/// than its current parent in the broadcast tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Announcement {
+    /// The broadcast.
+    pub id: BroadcastId,
+    /// Links it travelled to reach the sender.
+    pub hops: u8,
+}
 
 /// Most entries one PEERS message may carry; a longer list is a decode error, so a
 /// peer cannot flood the address book through one frame.
@@ -111,6 +129,13 @@ pub enum MessageType {
     Broadcast,
     /// Graceful goodbye: the receiver drops the link at once.
     Leave,
+    /// Lazy push: ids of broadcasts the sender has, for a link it does not send them
+    /// on eagerly.
+    IHave,
+    /// Asks the receiver to send these broadcasts and to send eagerly from now on.
+    Graft,
+    /// Asks the receiver to stop sending broadcasts eagerly on this link.
+    Prune,
     /// Any other byte.
     Unknown(u8),
 }
@@ -125,6 +150,9 @@ impl From<u8> for MessageType {
             4 => MessageType::Peers,
             5 => MessageType::Broadcast,
             6 => MessageType::Leave,
+            7 => MessageType::IHave,
+            8 => MessageType::Graft,
+            9 => MessageType::Prune,
             other => MessageType::Unknown(other),
         }
     }
@@ -140,6 +168,9 @@ impl From<MessageType> for u8 {
             MessageType::Peers => 4,
             MessageType::Broadcast => 5,
             MessageType::Leave => 6,
+            MessageType::IHave => 7,
+            MessageType::Graft => 8,
+            MessageType::Prune => 9,
             MessageType::Unknown(b) => b,
         }
     }
@@ -216,6 +247,19 @@ pub enum P2PMessage {
     Broadcast(Broadcast),
     /// The sender is shutting down.
     Leave,
+    /// Broadcasts the sender has, announced instead of sent (lazy push).
+    IHave {
+        /// At most [`MAX_IDS_PER_MESSAGE`].
+        ids: Vec<Announcement>,
+    },
+    /// The sender misses these broadcasts (none: it found a shorter path through the
+    /// receiver): send them, and send eagerly from now on.
+    Graft {
+        /// At most [`MAX_IDS_PER_MESSAGE`].
+        ids: Vec<BroadcastId>,
+    },
+    /// The sender got a duplicate on this link: announce instead of sending from now on.
+    Prune,
 }
 
 /// Every way a frame can be wrong. The `Display` text names the number involved, because
@@ -255,6 +299,8 @@ pub enum DecodeError {
     TooManyPeers(usize),
     /// A JOIN network name longer than [`MAX_NETWORK_NAME`].
     NetworkNameTooLong(usize),
+    /// An IHAVE or GRAFT list longer than [`MAX_IDS_PER_MESSAGE`].
+    TooManyIds(usize),
     /// The socket failed (including a read timeout).
     Io(io::Error),
 }
@@ -282,6 +328,10 @@ impl fmt::Display for DecodeError {
             DecodeError::NetworkNameTooLong(n) => write!(
                 f,
                 "network name of {n} bytes exceeds the maximum {MAX_NETWORK_NAME}"
+            ),
+            DecodeError::TooManyIds(n) => write!(
+                f,
+                "id list of {n} entries exceeds the maximum {MAX_IDS_PER_MESSAGE}"
             ),
             DecodeError::Io(e) => write!(f, "i/o error: {e}"),
         }
@@ -379,6 +429,9 @@ impl P2PMessage {
             P2PMessage::Peers { .. } => MessageType::Peers,
             P2PMessage::Broadcast(_) => MessageType::Broadcast,
             P2PMessage::Leave => MessageType::Leave,
+            P2PMessage::IHave { .. } => MessageType::IHave,
+            P2PMessage::Graft { .. } => MessageType::Graft,
+            P2PMessage::Prune => MessageType::Prune,
         }
     }
 
@@ -422,7 +475,24 @@ impl P2PMessage {
                 put_socket_addr(buf, &b.origin_addr);
                 buf.extend_from_slice(b.text.as_bytes());
             }
-            P2PMessage::Leave => {}
+            P2PMessage::IHave { ids } => {
+                let n = ids.len().min(MAX_IDS_PER_MESSAGE);
+                let _ = buf.write_u16::<BigEndian>(n as u16);
+                for a in ids.iter().take(n) {
+                    let _ = buf.write_u64::<BigEndian>(a.id.0 .0);
+                    let _ = buf.write_u64::<BigEndian>(a.id.1);
+                    buf.push(a.hops);
+                }
+            }
+            P2PMessage::Graft { ids } => {
+                let n = ids.len().min(MAX_IDS_PER_MESSAGE);
+                let _ = buf.write_u16::<BigEndian>(n as u16);
+                for (origin, seq) in ids.iter().take(n) {
+                    let _ = buf.write_u64::<BigEndian>(origin.0);
+                    let _ = buf.write_u64::<BigEndian>(*seq);
+                }
+            }
+            P2PMessage::Leave | P2PMessage::Prune => {}
         }
         let len = (buf.len() - start - LEN_PREFIX) as u32;
         BigEndian::write_u32(&mut buf[start..start + LEN_PREFIX], len);
@@ -458,7 +528,9 @@ impl P2PMessage {
             P2PMessage::Broadcast(b) => {
                 8 + 8 + 1 + ip_len(Some(b.origin_addr.ip())) + 2 + b.text.len()
             }
-            P2PMessage::Leave => 0,
+            P2PMessage::IHave { ids } => 2 + 17 * ids.len().min(MAX_IDS_PER_MESSAGE),
+            P2PMessage::Graft { ids } => 2 + 16 * ids.len().min(MAX_IDS_PER_MESSAGE),
+            P2PMessage::Leave | P2PMessage::Prune => 0,
         };
         LEN_PREFIX + 1 + body
     }
@@ -534,6 +606,24 @@ impl P2PMessage {
                 })
             }
             MessageType::Leave => P2PMessage::Leave,
+            MessageType::IHave => {
+                let n = id_count(&mut b, 17)?;
+                let mut ids = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let id = (NodeId(b.u64()?), b.u64()?);
+                    ids.push(Announcement { id, hops: b.u8()? });
+                }
+                P2PMessage::IHave { ids }
+            }
+            MessageType::Graft => {
+                let n = id_count(&mut b, 16)?;
+                let mut ids = Vec::with_capacity(n);
+                for _ in 0..n {
+                    ids.push((NodeId(b.u64()?), b.u64()?));
+                }
+                P2PMessage::Graft { ids }
+            }
+            MessageType::Prune => P2PMessage::Prune,
             MessageType::Unknown(t) => return Err(DecodeError::UnknownType(t)),
         };
         if b.remaining() > 0 {
@@ -544,6 +634,23 @@ impl P2PMessage {
         }
         Ok(msg)
     }
+}
+
+/// The u16 entry count that starts an IHAVE or GRAFT body, checked against the
+/// maximum and against the bytes actually there (`entry` bytes each) before the
+/// caller reserves anything.
+fn id_count(b: &mut Body<'_>, entry: usize) -> Result<usize, DecodeError> {
+    let n = b.u16()? as usize;
+    if n > MAX_IDS_PER_MESSAGE {
+        return Err(DecodeError::TooManyIds(n));
+    }
+    if b.remaining() < entry * n {
+        return Err(DecodeError::Truncated {
+            needed: entry * n,
+            got: b.remaining(),
+        });
+    }
+    Ok(n)
 }
 
 const FAMILY_NONE: u8 = 0;
@@ -712,6 +819,23 @@ mod tests {
                 text: "to everyone".into(),
             }),
             P2PMessage::Leave,
+            P2PMessage::IHave {
+                ids: vec![
+                    Announcement {
+                        id: (NodeId(1), 2),
+                        hops: 0,
+                    },
+                    Announcement {
+                        id: (NodeId(u64::MAX), u64::MAX),
+                        hops: 255,
+                    },
+                ],
+            },
+            P2PMessage::IHave { ids: vec![] },
+            P2PMessage::Graft {
+                ids: vec![(NodeId(3), 4)],
+            },
+            P2PMessage::Prune,
         ]
     }
 
@@ -755,7 +879,56 @@ mod tests {
         for b in 0..=255u8 {
             assert_eq!(u8::from(MessageType::from(b)), b);
         }
-        assert_eq!(MessageType::from(7), MessageType::Unknown(7));
+        assert_eq!(MessageType::from(10), MessageType::Unknown(10));
+    }
+
+    #[test]
+    fn golden_ihave_frame() {
+        let bytes = P2PMessage::IHave {
+            ids: vec![Announcement {
+                id: (NodeId(1), 2),
+                hops: 3,
+            }],
+        }
+        .encode();
+        let mut want = vec![0, 0, 0, 20, 7, 0, 1];
+        want.extend_from_slice(&1u64.to_be_bytes());
+        want.extend_from_slice(&2u64.to_be_bytes());
+        want.push(3);
+        assert_eq!(bytes, want);
+        assert_eq!(P2PMessage::Prune.encode(), [0, 0, 0, 1, 9]);
+    }
+
+    #[test]
+    fn id_lists_are_bounded_before_anything_is_reserved() {
+        let mut frame = vec![8u8];
+        frame.extend_from_slice(&(MAX_IDS_PER_MESSAGE as u16 + 1).to_be_bytes());
+        assert!(matches!(
+            P2PMessage::decode(&frame),
+            Err(DecodeError::TooManyIds(n)) if n == MAX_IDS_PER_MESSAGE + 1
+        ));
+        // A count the bytes do not back is truncated, not a big allocation.
+        let mut frame = vec![7u8];
+        frame.extend_from_slice(&4000u16.to_be_bytes());
+        frame.extend_from_slice(&[0; 16]);
+        assert!(matches!(
+            P2PMessage::decode(&frame),
+            Err(DecodeError::Truncated {
+                needed: 68000,
+                got: 16
+            })
+        ));
+        // More ids than fit are cut at the maximum by the encoder.
+        let ids: Vec<BroadcastId> = (0..MAX_IDS_PER_MESSAGE as u64 + 5)
+            .map(|n| (NodeId(n), n))
+            .collect();
+        let m = P2PMessage::Graft { ids };
+        let frame = m.encode();
+        assert_eq!(frame.len(), m.encoded_len());
+        match P2PMessage::decode(&frame[LEN_PREFIX..]) {
+            Ok(P2PMessage::Graft { ids }) => assert_eq!(ids.len(), MAX_IDS_PER_MESSAGE),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -338,31 +338,52 @@ impl PeerConnection {
                 Err(e) => return Closed::Fault(e.to_string()),
             };
             log::trace!("{}: received {:?}", link.addr, msg.message_type());
-            match msg {
+            let waited = match msg {
                 P2PMessage::Join(_) => return Closed::Fault("second JOIN on a live link".into()),
                 P2PMessage::Data { text } => shared.deliver(Event::Message {
                     from_id: link.node_id,
                     from: link.addr,
                     text,
                 }),
+                P2PMessage::Broadcast(b) => shared.handle_broadcast(b, link),
                 P2PMessage::Ping { nonce } => {
                     let pong = P2PMessage::Pong { nonce }.encode();
                     if shared.queue_control(link, &pong) == Queued::PeerDropped {
                         return Closed::Fault("outbound queue full".into());
                     }
+                    false
                 }
                 P2PMessage::Pong { nonce } => {
                     let now = shared.now_us();
                     if nonce <= now {
                         link.set_rtt(Duration::from_micros(now - nonce));
                     }
+                    false
                 }
-                P2PMessage::Peers { addrs } => shared.learn_addrs(&addrs, link),
-                P2PMessage::Broadcast(b) => shared.handle_broadcast(b, link),
+                P2PMessage::Peers { addrs } => {
+                    shared.learn_addrs(&addrs, link);
+                    false
+                }
+                P2PMessage::IHave { ids } => {
+                    shared.handle_ihave(&ids, link);
+                    false
+                }
+                P2PMessage::Graft { ids } => {
+                    shared.handle_graft(&ids, link);
+                    false
+                }
+                P2PMessage::Prune => {
+                    link.eager.store(false, Ordering::Relaxed);
+                    false
+                }
                 P2PMessage::Leave => {
                     shared.defer_redial(&link.addr);
                     return Closed::Normal("left".into());
                 }
+            };
+            if waited {
+                // The application kept this reader waiting; the peer was not silent.
+                link.last_seen_ms.store(shared.now_ms(), Ordering::Relaxed);
             }
         }
     }

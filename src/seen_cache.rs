@@ -48,6 +48,11 @@ impl SeenCache {
         true
     }
 
+    /// Whether `id` was seen (and has not aged out).
+    pub(crate) fn contains(&self, id: &MessageId) -> bool {
+        self.set.contains(id)
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.set.len()
     }

@@ -439,7 +439,10 @@ fn app_broadcast_burst_does_not_drop_healthy_peers() {
 /// (so TCP pushes back), and every message arrives, in order, none dropped.
 #[test]
 fn slow_application_slows_the_sender_and_loses_nothing() {
-    let _watchdog = watchdog("slow_application_slows_the_sender_and_loses_nothing", WATCHDOG);
+    let _watchdog = watchdog(
+        "slow_application_slows_the_sender_and_loses_nothing",
+        WATCHDOG,
+    );
     let a = start_node(|c| c.auto_dial = false);
     let b = start_node(|c| {
         c.auto_dial = false;
@@ -473,14 +476,23 @@ fn slow_application_slows_the_sender_and_loses_nothing() {
             thread::sleep(Duration::from_millis(20));
         }
     }
-    sender.join().expect("sender thread").expect("every send succeeds");
+    sender
+        .join()
+        .expect("sender thread")
+        .expect("every send succeeds");
     assert_eq!(got.len(), N, "delivered {} of {N}", got.len());
     for (i, text) in got.iter().enumerate() {
         assert_eq!(text, &format!("m{i}"), "message {i} out of order");
     }
-    assert!(max_seen >= 40, "the queue never filled (max {max_seen}): nothing was tested");
+    assert!(
+        max_seen >= 40,
+        "the queue never filled (max {max_seen}): nothing was tested"
+    );
     assert_eq!(b.info().events_dropped, 0);
-    assert!(a.is_linked_to(&b) && b.is_linked_to(&a), "the link survived");
+    assert!(
+        a.is_linked_to(&b) && b.is_linked_to(&a),
+        "the link survived"
+    );
 }
 
 /// An application that stops consuming does not stop the node: a reader waits a
@@ -514,7 +526,10 @@ fn application_that_stops_reading_loses_counted_messages_but_keeps_its_links() {
         "dropped: {}",
         b.info().events_dropped
     );
-    assert!(a.is_linked_to(&b) && b.is_linked_to(&a), "the link survived");
+    assert!(
+        a.is_linked_to(&b) && b.is_linked_to(&a),
+        "the link survived"
+    );
     // The application reads again: new messages arrive.
     let _ = b.pending_events();
     a.send_data_to_peer(b.addr(), "after").expect("send");

@@ -10,8 +10,8 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 
 use p2p_overlay::p2p_message::{
-    read_frame, Broadcast, DecodeError, Join, DEFAULT_MAX_FRAME, LEN_PREFIX, MAX_JOIN_FRAME,
-    MAX_NETWORK_NAME, MAX_PEERS_PER_MESSAGE,
+    read_frame, Announcement, Broadcast, DecodeError, Join, DEFAULT_MAX_FRAME, LEN_PREFIX,
+    MAX_JOIN_FRAME, MAX_NETWORK_NAME, MAX_PEERS_PER_MESSAGE,
 };
 use p2p_overlay::{MessageType, NodeId, P2PMessage};
 
@@ -93,6 +93,21 @@ fn message() -> impl Strategy<Value = P2PMessage> {
         vec(socket_addr(), 0..=50).prop_map(|addrs| P2PMessage::Peers { addrs }),
         broadcast().prop_map(P2PMessage::Broadcast),
         Just(P2PMessage::Leave),
+        vec((any::<u64>(), any::<u64>(), any::<u8>()), 0..=40).prop_map(|ids| {
+            P2PMessage::IHave {
+                ids: ids
+                    .into_iter()
+                    .map(|(o, s, hops)| Announcement {
+                        id: (NodeId(o), s),
+                        hops,
+                    })
+                    .collect(),
+            }
+        }),
+        vec((any::<u64>(), any::<u64>()), 0..=40).prop_map(|ids| P2PMessage::Graft {
+            ids: ids.into_iter().map(|(o, s)| (NodeId(o), s)).collect()
+        }),
+        Just(P2PMessage::Prune),
     ]
 }
 
@@ -101,7 +116,7 @@ fn message() -> impl Strategy<Value = P2PMessage> {
 fn framish_bytes() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         vec(any::<u8>(), 0..600),
-        (0u8..10, vec(any::<u8>(), 0..600)).prop_map(|(t, body)| {
+        (0u8..12, vec(any::<u8>(), 0..600)).prop_map(|(t, body)| {
             let mut v = ((body.len() + 1) as u32).to_be_bytes().to_vec();
             v.push(t);
             v.extend(body);

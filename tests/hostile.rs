@@ -565,7 +565,7 @@ fn unknown_frame_types_are_ignored_and_the_link_stays_up() {
     let f = fixture(|_| {});
     let mut raw = f.joined();
     let before = f.a.info().frames_ignored;
-    raw.send_bytes(&raw_frame(7, b"")).expect("send");
+    raw.send_bytes(&raw_frame(10, b"")).expect("send");
     raw.send_bytes(&raw_frame(200, b"from a future version"))
         .expect("send");
     // A large unknown frame: its body is skipped, and the stream stays in step.
@@ -601,9 +601,11 @@ fn broadcasts_with_hop_count_0_or_above_the_limit_are_dropped() {
         "broadcasts_with_hop_count_0_or_above_the_limit_are_dropped",
         WATCHDOG,
     );
-    let f = fixture(|_| {});
+    // The default limit is 255, the field's maximum; a lower one is configured so
+    // that "above the limit" exists.
+    let limit = 16;
+    let f = fixture(|c| c.hop_limit = limit);
     let mut raw = f.joined();
-    let limit = Config::default().hop_limit;
     let before = f.a.info().frames_ignored;
 
     raw.send(&broadcast_from(&raw, 1, 0, "zero hops"));
@@ -638,9 +640,9 @@ fn broadcast_at_the_hop_limit_is_delivered_but_not_forwarded() {
         "broadcast_at_the_hop_limit_is_delivered_but_not_forwarded",
         WATCHDOG,
     );
-    let f = fixture(|_| {});
+    let limit = 16;
+    let f = fixture(|c| c.hop_limit = limit);
     let mut raw = f.joined();
-    let limit = Config::default().hop_limit;
     raw.send(&broadcast_from(&raw, 1, limit, "last hop"));
     raw.send(&broadcast_from(&raw, 2, limit - 1, "one hop left"));
     raw.send(&broadcast_from(&raw, 3, 1, "barrier"));

@@ -3,9 +3,9 @@
 //! - **Latency** ([`latency`]): one origin broadcasts a 64-byte text, waits until every
 //!   other node's consumer has taken it off its event queue, then sends the next one.
 //!   The latency of one broadcast is from just before `broadcast_data` to the *last*
-//!   node's delivery. Copies per delivery = (frames every node queued for forwarding,
-//!   `info().frames_forwarded` summed, + the links the origin queued it on) /
-//!   deliveries; a perfect spanning tree would be 1.0. The duplicates the nodes
+//!   node's delivery. Copies per delivery = broadcast frames every node queued
+//!   (`info().broadcast_frames_sent` summed, the origin's included) / deliveries; a
+//!   spanning tree is 1.0, flooding about the mean link count. The duplicates the nodes
 //!   dropped (`info().duplicates_dropped`) are checked against that: copies sent =
 //!   deliveries + duplicates dropped when nothing is lost. Before the next broadcast
 //!   the bench waits until that balance holds (the flood's duplicate tail is over), so
@@ -39,10 +39,10 @@ pub struct LatencyResult {
     pub incomplete: usize,
     /// Deliveries counted by the consumers.
     pub deliveries: u64,
+    /// Most links any timed copy travelled before delivery.
+    pub max_hops: u8,
     /// The same message delivered twice by one node (must be 0).
     pub double_deliveries: u64,
-    /// Frames sent by the origin (sum of `broadcast_data` results).
-    pub origin_sends: u64,
     pub counters: Counters,
 }
 
@@ -52,7 +52,7 @@ impl LatencyResult {
     }
 
     pub fn copies_per_delivery(&self) -> f64 {
-        (self.counters.frames_forwarded + self.origin_sends) as f64 / self.deliveries as f64
+        self.counters.broadcast_frames_sent as f64 / self.deliveries as f64
     }
 
     pub fn duplicates_per_delivery(&self) -> f64 {
@@ -87,25 +87,26 @@ pub fn latency(
         flood_done: Vec::with_capacity(count),
         incomplete: 0,
         deliveries: 0,
+        max_hops: 0,
         double_deliveries: 0,
-        origin_sends: 0,
         counters: Counters::default(),
     };
     for seq in 0..count as u64 {
         let text = broadcast_text(RUN_LATENCY, seq, size);
         let t0 = Instant::now();
         match node.broadcast_data(&text) {
-            Ok(links) => r.origin_sends += links as u64,
+            Ok(_) => {}
             Err(e) => eprintln!("  broadcast #{seq} failed: {e}"),
         }
         let w = wait_for_all(ov, RUN_LATENCY, seq, others, t0 + per_msg);
         r.deliveries += w.delivered as u64;
+        r.max_hops = r.max_hops.max(w.max_hops);
         r.double_deliveries += w.doubles;
         match w.last {
             Some(last) if w.delivered == others => r.times.push(last - t0),
             _ => r.incomplete += 1,
         }
-        if let Some(quiet) = wait_quiet(ov, before, r.origin_sends, t0 + per_msg) {
+        if let Some(quiet) = wait_quiet(ov, before, t0 + per_msg) {
             r.flood_done.push(quiet - t0);
         }
     }
@@ -124,15 +125,10 @@ pub fn latency(
 /// origin and forwarders = deliveries + duplicates dropped), so the next broadcast
 /// does not compete with the duplicate tail of this one. Returns when that held, or
 /// `None` at the deadline (a copy was lost, e.g. with a dropped link).
-fn wait_quiet(
-    ov: &Overlay,
-    before: Counters,
-    origin_sends: u64,
-    deadline: Instant,
-) -> Option<Instant> {
+fn wait_quiet(ov: &Overlay, before: Counters, deadline: Instant) -> Option<Instant> {
     loop {
         let c = ov.counters().since(before);
-        if c.frames_forwarded + origin_sends == c.broadcasts_delivered + c.duplicates_dropped {
+        if c.broadcast_frames_sent == c.broadcasts_delivered + c.duplicates_dropped {
             return Some(Instant::now());
         }
         if Instant::now() >= deadline {
@@ -144,6 +140,7 @@ fn wait_quiet(
 
 struct Wait {
     delivered: usize,
+    max_hops: u8,
     doubles: u64,
     last: Option<Instant>,
 }
@@ -154,6 +151,7 @@ fn wait_for_all(ov: &Overlay, run: u32, seq: u64, expect: usize, deadline: Insta
     let mut seen = vec![false; ov.len()];
     let mut w = Wait {
         delivered: 0,
+        max_hops: 0,
         doubles: 0,
         last: None,
     };
@@ -168,6 +166,7 @@ fn wait_for_all(ov: &Overlay, run: u32, seq: u64, expect: usize, deadline: Insta
             w.doubles += 1;
         } else {
             w.delivered += 1;
+            w.max_hops = w.max_hops.max(d.hops);
             w.last = Some(w.last.map_or(d.at, |l| l.max(d.at)));
         }
     }

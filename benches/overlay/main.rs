@@ -549,7 +549,7 @@ fn print_latency_line(l: &LatencyResult) {
     println!(
         "  broadcast latency: {} sent, p50 {} ms, p99 {} ms (flood over: p50 {} ms), \
          {} incomplete;\n  copies/delivery {:.2}, duplicates dropped/delivery {:.2}, \
-         double deliveries {}",
+         double deliveries {}, grafts {}, max hops {}",
         l.sent,
         p.map_or("-".into(), |p| fmt_f(ms(p.p50), 2)),
         p.map_or("-".into(), |p| fmt_f(ms(p.p99), 2)),
@@ -558,9 +558,11 @@ fn print_latency_line(l: &LatencyResult) {
         l.copies_per_delivery(),
         l.duplicates_per_delivery(),
         l.double_deliveries,
+        l.counters.grafts_sent,
+        l.max_hops,
     );
     let c = &l.counters;
-    let sent = c.frames_forwarded + l.origin_sends;
+    let sent = c.broadcast_frames_sent;
     let accounted = l.deliveries + c.duplicates_dropped;
     if sent != accounted {
         println!(
@@ -918,6 +920,8 @@ fn to_json(plan: &Plan, r: &Results, total: Duration) -> Value {
                 "copies_per_delivery": l.copies_per_delivery(),
                 "duplicates_dropped_per_delivery": l.duplicates_per_delivery(),
                 "double_deliveries": l.double_deliveries,
+                "grafts": l.counters.grafts_sent,
+                "max_hops": l.max_hops,
                 "incomplete": l.incomplete,
                 "formed_secs": conv.elapsed.as_secs_f64(),
                 "mean_links": conv.mean_links,

@@ -31,6 +31,8 @@ pub struct Delivery {
     pub node: usize,
     pub run: u32,
     pub seq: u64,
+    /// Links the copy travelled (the tree depth of this node for this broadcast).
+    pub hops: u8,
     pub at: Instant,
 }
 
@@ -49,6 +51,10 @@ fn parse_text(text: &str) -> Option<(u32, u64)> {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Counters {
     pub frames_forwarded: u64,
+    /// Every broadcast frame queued, the origins' own copies included.
+    pub broadcast_frames_sent: u64,
+    /// Broadcasts asked for because the tree did not bring them in time.
+    pub grafts_sent: u64,
     pub duplicates_dropped: u64,
     pub broadcasts_delivered: u64,
     pub slow_peers_dropped: u64,
@@ -59,6 +65,8 @@ impl Counters {
     pub fn since(self, before: Counters) -> Counters {
         Counters {
             frames_forwarded: self.frames_forwarded - before.frames_forwarded,
+            broadcast_frames_sent: self.broadcast_frames_sent - before.broadcast_frames_sent,
+            grafts_sent: self.grafts_sent - before.grafts_sent,
             duplicates_dropped: self.duplicates_dropped - before.duplicates_dropped,
             broadcasts_delivered: self.broadcasts_delivered - before.broadcasts_delivered,
             slow_peers_dropped: self.slow_peers_dropped - before.slow_peers_dropped,
@@ -140,13 +148,14 @@ impl Overlay {
             ov.consumers.push(spawn("consumer", move || {
                 while !stop.load(Ordering::Relaxed) {
                     match events.recv_timeout(Duration::from_millis(100)) {
-                        Ok(Event::Broadcast { text, .. }) => {
+                        Ok(Event::Broadcast { text, hops, .. }) => {
                             let at = Instant::now();
                             if let Some((run, seq)) = parse_text(&text) {
                                 let _ = tx.send(Delivery {
                                     node: i,
                                     run,
                                     seq,
+                                    hops,
                                     at,
                                 });
                             }
@@ -256,6 +265,8 @@ impl Overlay {
         for n in &self.nodes {
             let i = n.info();
             c.frames_forwarded += i.frames_forwarded;
+            c.broadcast_frames_sent += i.broadcast_frames_sent;
+            c.grafts_sent += i.grafts_sent;
             c.duplicates_dropped += i.duplicates_dropped;
             c.broadcasts_delivered += i.broadcasts_delivered;
             c.slow_peers_dropped += i.slow_peers_dropped;
