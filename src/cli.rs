@@ -327,6 +327,10 @@ pub fn format_info(i: &NodeInfo) -> Vec<String> {
             "broadcasts: {} delivered, {} duplicates dropped, {} frames forwarded",
             i.broadcasts_delivered, i.duplicates_dropped, i.frames_forwarded
         ),
+        format!(
+            "broadcast tree: {} frames sent, {} grafts, {} broadcasts kept",
+            i.broadcast_frames_sent, i.grafts_sent, i.stored_broadcasts
+        ),
         format!("seen-cache: {} broadcast ids", i.seen_ids),
         format!(
             "handshakes: {} pending, {} failed, {} connections refused, {} links refused",

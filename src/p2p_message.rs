@@ -949,7 +949,7 @@ mod tests {
     #[test]
     fn golden_join_frame() {
         let j = P2PMessage::Join(Join {
-            version: 1,
+            version: 2,
             node_id: NodeId(0xAB),
             listen_port: 9000,
             network: "n".into(),
@@ -960,7 +960,7 @@ mod tests {
         let want = [
             0, 0, 0, 21,                  // length: type + 20 body bytes
             0,                            // JOIN
-            0, 1,                         // version
+            0, 2,                         // version
             0, 0, 0, 0, 0, 0, 0, 0xAB,    // node id
             0x23, 0x28,                   // listen port 9000
             1, b'n',                      // network name
