@@ -261,12 +261,18 @@ impl Outbox {
         loop {
             {
                 let mut st = self.state.lock();
+                let mut lingered = false;
                 loop {
                     if !st.writing && !st.idle() {
                         break;
                     }
                     if st.closing && !st.writing && st.idle() {
                         return Ok(());
+                    }
+                    if !lingered {
+                        lingered = true;
+                        MutexGuard::unlocked(&mut st, std::thread::yield_now);
+                        continue;
                     }
                     st.writer_parked = true;
                     self.work.wait(&mut st);

@@ -400,6 +400,36 @@ pub fn read_frame<R: Read>(mut r: R, max_frame: u32) -> Result<Option<Vec<u8>>, 
     Ok(Some(frame))
 }
 
+/// As [`read_frame`], for a buffered reader: a frame already whole in the buffer is
+/// copied out in one go (no zeroed buffer, no read loop), which is how most small
+/// frames arrive on a busy link. Anything else takes the [`read_frame`] path.
+pub fn read_frame_buffered<R: io::BufRead>(
+    r: &mut R,
+    max_frame: u32,
+) -> Result<Option<Vec<u8>>, DecodeError> {
+    let filled = loop {
+        match r.fill_buf() {
+            Ok(b) => break b.len(),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if filled == 0 {
+        return Ok(None);
+    }
+    // Not empty: this returns the same buffer without reading.
+    let buf = r.fill_buf()?;
+    if buf.len() > LEN_PREFIX {
+        let len = BigEndian::read_u32(buf) as usize;
+        if len > 0 && len <= max_frame as usize && buf.len() >= LEN_PREFIX + len {
+            let frame = buf[LEN_PREFIX..LEN_PREFIX + len].to_vec();
+            r.consume(LEN_PREFIX + len);
+            return Ok(Some(frame));
+        }
+    }
+    read_frame(r, max_frame)
+}
+
 /// Largest body buffer [`read_frame`] reserves before the bytes are there.
 const RESERVE_AT_ONCE: usize = 64 * 1024;
 

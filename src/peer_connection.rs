@@ -28,7 +28,8 @@ use crate::event::{Direction, Event};
 use crate::node::{HandleJoin, Queued, Shared};
 use crate::outbox::Outbox;
 use crate::p2p_message::{
-    read_frame, DecodeError, Join, P2PMessage, MAX_JOIN_FRAME, PROTOCOL_VERSION,
+    read_frame, read_frame_buffered, DecodeError, Join, P2PMessage, MAX_JOIN_FRAME,
+    PROTOCOL_VERSION,
 };
 use crate::peer_connection_factory::{spawn_named, DialWaiter};
 use crate::peer_table::Link;
@@ -312,7 +313,7 @@ impl PeerConnection {
             // The clock is read when a frame needs the socket, or every 64 frames
             // served from the buffer; not per frame.
             let from_socket = reader.buffer().is_empty();
-            let frame = match read_frame(&mut reader, shared.config.max_frame) {
+            let frame = match read_frame_buffered(&mut reader, shared.config.max_frame) {
                 Ok(Some(f)) => f,
                 Ok(None) => return Closed::Normal("connection closed by peer".into()),
                 Err(DecodeError::Io(e)) if !shared.is_running() => {

@@ -10,8 +10,8 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 
 use p2p_overlay::p2p_message::{
-    read_frame, Announcement, Broadcast, DecodeError, Join, DEFAULT_MAX_FRAME, LEN_PREFIX,
-    MAX_JOIN_FRAME, MAX_NETWORK_NAME, MAX_PEERS_PER_MESSAGE,
+    read_frame, read_frame_buffered, Announcement, Broadcast, DecodeError, Join, DEFAULT_MAX_FRAME,
+    LEN_PREFIX, MAX_JOIN_FRAME, MAX_NETWORK_NAME, MAX_PEERS_PER_MESSAGE,
 };
 use p2p_overlay::{MessageType, NodeId, P2PMessage};
 
@@ -281,6 +281,36 @@ proptest! {
             prop_assert_eq!(&P2PMessage::decode(&f).expect("decodes"), m);
         }
         prop_assert!(matches!(read_frame(&mut r, DEFAULT_MAX_FRAME), Ok(None)));
+    }
+
+    /// `read_frame_buffered` gives exactly what `read_frame` gives, frame by frame,
+    /// for any bytes, any limit and any buffer size (so frames straddle refills),
+    /// however the bytes trickle in.
+    #[test]
+    fn read_frame_buffered_agrees_with_read_frame(
+        bytes in prop_oneof![
+            framish_bytes(),
+            vec(message(), 0..8).prop_map(|ms| {
+                let mut v = Vec::new();
+                ms.iter().for_each(|m| m.encode_into(&mut v));
+                v
+            }),
+        ],
+        max in prop_oneof![Just(DEFAULT_MAX_FRAME), 1u32..300],
+        cap in 1usize..80,
+        chunks in vec(1usize..40, 0..20),
+    ) {
+        let mut plain = &bytes[..];
+        let trickle = Trickle { data: bytes.clone(), pos: 0, chunks, next: 0, interrupt: false };
+        let mut buffered = io::BufReader::with_capacity(cap, trickle);
+        for _ in 0..bytes.len() + 1 {
+            let want = read_frame(&mut plain, max);
+            let got = read_frame_buffered(&mut buffered, max);
+            prop_assert_eq!(format!("{want:?}"), format!("{got:?}"));
+            if !matches!(want, Ok(Some(_))) {
+                break;
+            }
+        }
     }
 
     /// A valid message cut anywhere is `Truncated` for `read_frame`; its body cut

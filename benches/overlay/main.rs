@@ -411,7 +411,11 @@ fn run_rtt(plan: &Plan, r: &mut Results) {
     let mut t = Table::new(&[
         "path", "size", "trips", "p50 us", "p90 us", "p99 us", "max us",
     ]);
-    for (name, times) in [("node", &res.node), ("raw tcp", &res.baseline)] {
+    for (name, times) in [
+        ("node", &res.node),
+        ("raw tcp", &res.baseline),
+        ("raw tcp + reader threads", &res.floor),
+    ] {
         let p = Percentiles::of(times);
         let cell =
             |f: fn(&Percentiles) -> Duration| p.as_ref().map_or("-".into(), |p| fmt_f(us(f(p)), 1));
@@ -427,10 +431,19 @@ fn run_rtt(plan: &Plan, r: &mut Results) {
     }
     t.print();
     println!(
-        "  ratio of p50s (node / raw): {}",
-        fmt_f(rtt_ratio(&res), 2)
+        "  ratio of p50s (node / raw): {}; node / raw with reader threads (the floor of \
+         a thread-per-connection node): {}",
+        fmt_f(rtt_ratio(&res), 2),
+        fmt_f(floor_ratio(&res), 2)
     );
     r.rtt = Some(res);
+}
+
+fn floor_ratio(res: &RttResult) -> f64 {
+    match (Percentiles::of(&res.node), Percentiles::of(&res.floor)) {
+        (Some(n), Some(b)) => us(n.p50) / us(b.p50),
+        _ => f64::NAN,
+    }
 }
 
 fn rtt_ratio(res: &RttResult) -> f64 {
@@ -903,6 +916,8 @@ fn to_json(plan: &Plan, r: &Results, total: Duration) -> Value {
             "baseline_p90_us": pct(&res.baseline, |p| p.p90, us),
             "baseline_p99_us": pct(&res.baseline, |p| p.p99, us),
             "ratio": rtt_ratio(res),
+            "threaded_baseline_p50_us": pct(&res.floor, |p| p.p50, us),
+            "threaded_ratio": floor_ratio(res),
             "complete": res.errors.is_empty(),
         })
     });

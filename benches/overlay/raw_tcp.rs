@@ -10,6 +10,11 @@
 //! - [`PingPong`]: the client writes one frame, the echo thread reads it (64 KiB
 //!   `BufReader`) and writes it back, the client reads the answer; each round trip is
 //!   timed.
+//! - [`ThreadedPingPong`]: the same ping-pong shaped like any thread-per-connection
+//!   node with an event queue: on each side a reader thread reads the frame and hands
+//!   it over a `crossbeam_channel` to the application thread, which writes the answer
+//!   on the socket itself. Two more thread handoffs per round trip than
+//!   [`PingPong`]: the floor for the design card's architecture, with no node code.
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -123,6 +128,82 @@ impl PingPong {
             times.push(t0.elapsed());
         }
         Ok(times)
+    }
+}
+
+/// The ping-pong through reader threads and channels; see the module docs.
+pub struct ThreadedPingPong {
+    client: TcpStream,
+    answers: crossbeam_channel::Receiver<Vec<u8>>,
+    frame: Vec<u8>,
+    threads: Vec<JoinHandle<io::Result<()>>>,
+}
+
+impl ThreadedPingPong {
+    pub fn start(size: usize, timeout: Duration) -> io::Result<ThreadedPingPong> {
+        let (client, server) = pair(timeout)?;
+        // Each reader thread hands every frame to its application over a channel.
+        let reader = |name: &str, s: TcpStream, tx: crossbeam_channel::Sender<Vec<u8>>| {
+            spawn(name, move || -> io::Result<()> {
+                let mut r = BufReader::with_capacity(BUF, s);
+                loop {
+                    let mut buf = Vec::with_capacity(size);
+                    match read_frame(&mut r, &mut buf) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                        Err(e) => return Err(e),
+                    }
+                    if tx.send(buf).is_err() {
+                        return Ok(());
+                    }
+                }
+            })
+        };
+        let (server_tx, server_rx) = crossbeam_channel::unbounded();
+        let (client_tx, client_rx) = crossbeam_channel::unbounded();
+        let mut threads = vec![
+            reader("floor-rx-b", server.try_clone()?, server_tx),
+            reader("floor-rx-a", client.try_clone()?, client_tx),
+        ];
+        threads.push(spawn("floor-app-b", move || -> io::Result<()> {
+            let mut out = Vec::with_capacity(4 + size);
+            while let Ok(buf) = server_rx.recv() {
+                out.clear();
+                out.extend_from_slice(&(buf.len() as u32).to_be_bytes());
+                out.extend_from_slice(&buf);
+                (&server).write_all(&out)?;
+            }
+            Ok(())
+        }));
+        Ok(ThreadedPingPong {
+            client,
+            answers: client_rx,
+            frame: frame(size),
+            threads,
+        })
+    }
+
+    /// `n` timed round trips: write one frame, wait for the echo on the channel.
+    pub fn trips(&mut self, n: usize, timeout: Duration) -> io::Result<Vec<Duration>> {
+        let mut times = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t0 = Instant::now();
+            (&self.client).write_all(&self.frame)?;
+            self.answers
+                .recv_timeout(timeout)
+                .map_err(|e| io::Error::new(io::ErrorKind::TimedOut, e))?;
+            times.push(t0.elapsed());
+        }
+        Ok(times)
+    }
+}
+
+impl Drop for ThreadedPingPong {
+    fn drop(&mut self) {
+        let _ = self.client.shutdown(std::net::Shutdown::Both);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
     }
 }
 
