@@ -68,9 +68,14 @@ const STORE_FRAMES: usize = 4096;
 const STORE_BYTES: usize = 16 << 20;
 const STORE_TTL: Duration = Duration::from_secs(30);
 
-/// Missing broadcasts tracked at once; announcements beyond it are ignored, so a peer
-/// announcing made-up ids costs bounded memory.
+/// Missing broadcasts tracked at once; announcements beyond it are ignored, so peers
+/// announcing made-up ids cost bounded memory.
 const MISSING_CAP: usize = 8192;
+
+/// Missing broadcasts one peer may have first announced at once: a peer announcing
+/// made-up ids fills its own share, not the table, so the others' announcements
+/// (and tree repair) still work.
+const MISSING_PER_PEER: usize = 1024;
 
 /// Announcers remembered per missing broadcast.
 const MAX_ANNOUNCERS: usize = 4;
@@ -81,6 +86,8 @@ struct Missing {
     ask_at: Instant,
     /// When it was first announced.
     since: Instant,
+    /// The peer whose announcement created the entry, charged for it.
+    owner: NodeId,
     announcers: VecDeque<NodeId>,
 }
 
@@ -88,7 +95,27 @@ struct Missing {
 #[derive(Default)]
 struct Wanted {
     missing: HashMap<BroadcastId, Missing>,
+    /// Entries per owner (see [`MISSING_PER_PEER`]).
+    owned: HashMap<NodeId, usize>,
     progress: HashMap<NodeId, Instant>,
+}
+
+impl Wanted {
+    fn remove(&mut self, id: &BroadcastId) {
+        if let Some(m) = self.missing.remove(id) {
+            release(&mut self.owned, m.owner);
+        }
+    }
+}
+
+/// One entry fewer charged to `owner`.
+fn release(owned: &mut HashMap<NodeId, usize>, owner: NodeId) {
+    if let Entry::Occupied(mut e) = owned.entry(owner) {
+        *e.get_mut() -= 1;
+        if *e.get() == 0 {
+            e.remove();
+        }
+    }
 }
 
 /// What a node remembers of a broadcast it received.
@@ -199,7 +226,7 @@ impl LazyPush {
         let now = Instant::now();
         {
             let mut w = self.wanted.lock();
-            w.missing.remove(&id);
+            w.remove(&id);
             if w.progress.len() >= PROGRESS_CAP && !w.progress.contains_key(&id.0) {
                 w.progress.clear();
             }
@@ -231,35 +258,26 @@ impl LazyPush {
         }
     }
 
-    /// Handles an IHAVE: ids we lack are asked for after [`GRAFT_TIMEOUT`] unless the
-    /// tree brings them first. Returns true when, for an id we have, the announcer is
-    /// two or more hops nearer the origin than our parent: worth grafting.
-    pub(crate) fn announced(
-        &self,
-        from: &Link,
-        ids: &[Announcement],
-        have: impl Fn(&BroadcastId) -> bool,
-    ) -> bool {
+    /// Handles an IHAVE; `have[i]` says whether we already have `ids[i]`. Ids we lack
+    /// are asked for after [`GRAFT_TIMEOUT`] unless the tree brings them first.
+    /// Returns true when, for an id we have, the announcer is two or more hops nearer
+    /// the origin than our parent: worth grafting.
+    pub(crate) fn announced(&self, from: &Link, ids: &[Announcement], have: &[bool]) -> bool {
+        let nearer = {
+            let store = self.store.lock();
+            ids.iter().zip(have).any(|(a, &have)| {
+                have && store.is_better_path(&a.id, from.node_id, a.hops.saturating_add(1), 2)
+            })
+        };
         let now = Instant::now();
         let ask_at = now + GRAFT_TIMEOUT;
         let mut added = false;
-        let mut nearer = false;
         let mut wanted = self.wanted.lock();
-        let missing = &mut wanted.missing;
-        for &Announcement { id, hops } in ids {
-            let id = &id;
-            if have(id) {
-                nearer = nearer
-                    || self.store.lock().is_better_path(
-                        id,
-                        from.node_id,
-                        hops.saturating_add(1),
-                        2,
-                    );
-                continue;
-            }
+        let Wanted { missing, owned, .. } = &mut *wanted;
+        for (&Announcement { id, .. }, _) in ids.iter().zip(have).filter(|(_, &have)| !have) {
             let len = missing.len();
-            match missing.entry(*id) {
+            let mine = owned.get(&from.node_id).copied().unwrap_or(0);
+            match missing.entry(id) {
                 Entry::Occupied(mut e) => {
                     let m = e.get_mut();
                     if m.announcers.len() < MAX_ANNOUNCERS && !m.announcers.contains(&from.node_id)
@@ -267,12 +285,14 @@ impl LazyPush {
                         m.announcers.push_back(from.node_id);
                     }
                 }
-                Entry::Vacant(e) if len < MISSING_CAP => {
+                Entry::Vacant(e) if len < MISSING_CAP && mine < MISSING_PER_PEER => {
                     e.insert(Missing {
                         ask_at,
                         since: now,
+                        owner: from.node_id,
                         announcers: VecDeque::from([from.node_id]),
                     });
+                    *owned.entry(from.node_id).or_default() += 1;
                     added = true;
                 }
                 Entry::Vacant(_) => {}
@@ -343,7 +363,11 @@ fn graft_due(shared: &Shared, now: Instant) -> Option<Instant> {
     let mut next: Option<Instant> = None;
     {
         let mut wanted = shared.lazy.wanted.lock();
-        let Wanted { missing, progress } = &mut *wanted;
+        let Wanted {
+            missing,
+            owned,
+            progress,
+        } = &mut *wanted;
         missing.retain(|id, m| {
             if m.ask_at <= now && now.duration_since(m.since) < GRAFT_PATIENCE {
                 // The origin's broadcasts are still arriving: the tree lags, wait.
@@ -358,6 +382,7 @@ fn graft_due(shared: &Shared, now: Instant) -> Option<Instant> {
                 return true;
             }
             let Some(peer) = m.announcers.pop_front() else {
+                release(owned, m.owner);
                 return false;
             };
             log::debug!(
@@ -377,13 +402,15 @@ fn graft_due(shared: &Shared, now: Instant) -> Option<Instant> {
             continue;
         };
         link.pruned.store(false, Ordering::Relaxed);
-        shared.count_grafts(ids.len());
         for chunk in ids.chunks(MAX_IDS_PER_MESSAGE) {
             let frame = P2PMessage::Graft {
                 ids: chunk.to_vec(),
             }
             .encode();
-            shared.queue_control(&link, &frame);
+            if shared.queue_control(&link, &frame) != Queued::Yes {
+                break;
+            }
+            shared.count_grafts(chunk.len());
         }
     }
     next

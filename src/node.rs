@@ -10,6 +10,7 @@
 //! | `addrs` | `Mutex`        | known addresses and the node's own addresses   |
 //! | `seen`  | `Mutex`        | broadcast ids already delivered                |
 //! | `observed_ip` | `Mutex`  | the IP peers see this node at                  |
+//! | `lazy`  | `Mutex`es inside | broadcast tree state (`lazy_push`)           |
 //!
 //! Lock order: there is none, because no code path holds two of these at once; each
 //! guard is taken, used for a copy or an update, and dropped before the next lock, any
@@ -984,7 +985,7 @@ impl Shared {
     }
 
     /// Queues a control frame (PING, PONG, PEERS) on its own queue. Full means the peer
-    /// has not read for dozens of heartbeats: it is dropped.
+    /// has left thousands of them unread: it is dropped.
     pub(crate) fn queue_control(&self, link: &Link, frame: &[u8]) -> Queued {
         match link.outbox.push_control(frame) {
             Push::Queued => Queued::Yes,
@@ -1247,10 +1248,11 @@ impl Shared {
 
     /// Handles an IHAVE: see [`LazyPush::announced`].
     pub(crate) fn handle_ihave(&self, ids: &[Announcement], from: &Link) {
-        let nearer = {
+        let have: Vec<bool> = {
             let seen = self.seen.lock();
-            self.lazy.announced(from, ids, |id| seen.contains(id))
+            ids.iter().map(|a| seen.contains(&a.id)).collect()
         };
+        let nearer = self.lazy.announced(from, ids, &have);
         if nearer && from.pruned.swap(false, Ordering::Relaxed) {
             log::debug!(
                 "broadcast tree: {} is nearer the origin, grafting",

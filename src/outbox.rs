@@ -46,9 +46,13 @@ const COALESCE_MAX: usize = 16 * 1024;
 /// than any request/response round trip, far longer than one `send` call.
 const DIRECT_GAP: Duration = Duration::from_micros(20);
 
-/// Control frames a link may have queued. Heartbeats and peer lists are few; a peer
-/// that lets this many pile up is not reading at all.
-pub(crate) const CONTROL_QUEUE: usize = 64;
+/// Control frames a link may have queued, by count and by bytes. Only a memory
+/// backstop: a reader that was held up (by a slow application) answers every PING
+/// that piled up meanwhile at once, so bursts of hundreds of PONGs are normal (64
+/// was too few: a link whose reader had waited 9 s was dropped, tests/abuse.rs). A
+/// peer that stops reading is caught sooner by the writer's send timeout.
+pub(crate) const CONTROL_QUEUE: usize = 4096;
+const CONTROL_BYTES: usize = 1 << 20;
 
 /// [`Outbox::writing_since_ms`] when no blocking write is in progress.
 pub(crate) const WRITER_IDLE: u64 = u64::MAX;
@@ -185,13 +189,13 @@ impl Outbox {
     }
 
     /// Queues (or sends at once) a control frame. `Full` means the peer has left
-    /// dozens of heartbeats unread.
+    /// thousands of control frames unread.
     pub(crate) fn push_control(&self, frame: &[u8]) -> Push {
         let st = self.state.lock();
         if st.done {
             return Push::Closed;
         }
-        if st.ctl_frames >= CONTROL_QUEUE {
+        if st.ctl_frames >= CONTROL_QUEUE || st.ctl.len() + frame.len() > CONTROL_BYTES {
             return Push::Full;
         }
         let mut st = match self.try_direct(st, frame) {
