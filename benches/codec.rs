@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use p2p_overlay::p2p_message::{
-    read_frame, Broadcast, Join, DEFAULT_MAX_FRAME, LEN_PREFIX, PROTOCOL_VERSION,
+    read_frame, Announcement, Broadcast, Join, DEFAULT_MAX_FRAME, LEN_PREFIX, PROTOCOL_VERSION,
 };
 use p2p_overlay::{NodeId, P2PMessage};
 
@@ -81,6 +81,26 @@ fn messages() -> Vec<(String, P2PMessage)> {
         ));
     }
     v.push(("leave".into(), P2PMessage::Leave));
+    for n in [8u64, 1024] {
+        v.push((
+            format!("ihave_{n}"),
+            P2PMessage::IHave {
+                ids: (0..n)
+                    .map(|i| Announcement {
+                        id: (NodeId(i), i),
+                        hops: 2,
+                    })
+                    .collect(),
+            },
+        ));
+    }
+    v.push((
+        "graft_8".into(),
+        P2PMessage::Graft {
+            ids: (0..8).map(|i| (NodeId(i), i)).collect(),
+        },
+    ));
+    v.push(("prune".into(), P2PMessage::Prune));
     v
 }
 

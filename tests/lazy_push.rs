@@ -35,7 +35,7 @@ use p2p_overlay::{Event, NodeId, NodeInfo, P2PMessage};
 const GRAFT_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// How long to wait for a frame the node sends within a few hundred milliseconds
-/// (announcements go out every 200 ms, GRAFTs 50 ms after an announcement).
+/// (announcements go out every 500 ms, GRAFTs 50 ms after an announcement).
 const SOON: Duration = Duration::from_secs(2);
 
 /// How long each node may take to deliver a batch of broadcasts after a tree node
