@@ -346,15 +346,7 @@ fn flush(shared: &Shared) {
     let links = shared.table.lock().links();
     for link in links {
         let ids = std::mem::take(&mut *link.lazy_ids.lock());
-        for chunk in ids.chunks(MAX_IDS_PER_MESSAGE) {
-            let frame = P2PMessage::IHave {
-                ids: chunk.to_vec(),
-            }
-            .encode();
-            if shared.queue_control(&link, &frame) != Queued::Yes {
-                break;
-            }
-        }
+        send_chunked(shared, &link, &ids, |ids| P2PMessage::IHave { ids });
     }
 }
 
@@ -404,18 +396,28 @@ fn graft_due(shared: &Shared, now: Instant) -> Option<Instant> {
             continue;
         };
         link.pruned.store(false, Ordering::Relaxed);
-        for chunk in ids.chunks(MAX_IDS_PER_MESSAGE) {
-            let frame = P2PMessage::Graft {
-                ids: chunk.to_vec(),
-            }
-            .encode();
-            if shared.queue_control(&link, &frame) != Queued::Yes {
-                break;
-            }
-            shared.count_grafts(chunk.len());
-        }
+        let asked = send_chunked(shared, &link, &ids, |ids| P2PMessage::Graft { ids });
+        shared.count_grafts(asked);
     }
     next
+}
+
+/// Queues `items` on `link` as control frames of at most [`MAX_IDS_PER_MESSAGE`]
+/// entries each; returns how many entries were queued (it stops at a refusal).
+fn send_chunked<T: Clone>(
+    shared: &Shared,
+    link: &Link,
+    items: &[T],
+    message: impl Fn(Vec<T>) -> P2PMessage,
+) -> usize {
+    let mut queued = 0;
+    for chunk in items.chunks(MAX_IDS_PER_MESSAGE) {
+        if shared.queue_control(link, &message(chunk.to_vec()).encode()) != Queued::Yes {
+            break;
+        }
+        queued += chunk.len();
+    }
+    queued
 }
 
 #[cfg(test)]

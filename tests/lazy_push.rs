@@ -293,6 +293,30 @@ fn broadcast_one_by_one(
     }
 }
 
+/// `origin` broadcasts every text at once; every other node must deliver them all
+/// within `within`.
+fn broadcast_all_and_await(
+    nodes: &[TestNode],
+    origin: usize,
+    tally: &mut [Tally],
+    texts: &[String],
+    within: Duration,
+    what: &str,
+) {
+    for t in texts {
+        nodes[origin].broadcast_data(t).expect("broadcast");
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        if i != origin {
+            assert!(
+                tally[i].until_all(node, texts, within),
+                "{what}: node {i} did not deliver all {}",
+                texts.len()
+            );
+        }
+    }
+}
+
 fn texts(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|k| format!("{prefix} {k}")).collect()
 }
@@ -499,17 +523,7 @@ fn in_a_mesh_the_tree_forms_and_each_broadcast_costs_one_copy_per_node() {
     let before = infos(&mesh);
 
     let measured = texts("measured", 30);
-    for t in &measured {
-        mesh[origin].broadcast_data(t).expect("broadcast");
-    }
-    for (i, node) in mesh.iter().enumerate() {
-        if i != origin {
-            assert!(
-                tally[i].until_all(node, &measured, DEADLINE),
-                "node {i} did not deliver all 30"
-            );
-        }
-    }
+    broadcast_all_and_await(&mesh, origin, &mut tally, &measured, DEADLINE, "mesh");
     quiet_window(&mesh, &mut tally);
     assert_delivered_once(&tally, origin, &measured, "mesh");
     assert!(
@@ -594,18 +608,15 @@ fn the_tree_repairs_itself_when_an_inner_node_leaves() {
     let before = infos(&nodes);
 
     let after_leave = texts("after the leave", 20);
-    for t in &after_leave {
-        nodes[origin].broadcast_data(t).expect("broadcast");
-    }
-    for (i, node) in nodes.iter().enumerate() {
-        if i != origin {
-            assert!(
-                tally[i].until_all(node, &after_leave, REPAIR_DEADLINE),
-                "node {i} (of the remaining ones) did not get all 20 after node {inner} \
-                 (forwarded {forwarded:?}) left"
-            );
-        }
-    }
+    let what = format!("after node {inner} (forwarded {forwarded:?}) left");
+    broadcast_all_and_await(
+        &nodes,
+        origin,
+        &mut tally,
+        &after_leave,
+        REPAIR_DEADLINE,
+        &what,
+    );
     quiet_window(&nodes, &mut tally);
     assert_delivered_once(&tally, origin, &after_leave, "after the leave");
     let after = infos(&nodes);
