@@ -18,7 +18,7 @@
 //! Two levels, in the manner of smoltcp: [`read_frame`] turns a byte stream into one
 //! bounded frame (type byte + body), and [`P2PMessage::decode`] turns a frame into a typed
 //! message or a [`DecodeError`] saying exactly what was wrong. Nothing in this module
-//! panics on peer input: every field is read through the bounds-checked [`Body`] cursor.
+//! panics on peer input: every field is read through the bounds-checked `Body` cursor.
 
 use std::fmt;
 use std::io::{self, Read};
