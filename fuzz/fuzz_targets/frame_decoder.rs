@@ -1,12 +1,15 @@
 //! Arbitrary bytes as a link's byte stream: `read_frame` frame after frame, each frame
 //! through `P2PMessage::decode`, as the reader loop of a link does. Nothing may panic,
 //! and whatever decodes must be exactly what `encode` writes for that message (a
-//! prefix of it for JOIN, which may carry extension bytes).
+//! prefix of it for JOIN, which may carry extension bytes). The same stream read with
+//! `read_frame_buffered` through a small `BufReader` (the reader loop's path) must give
+//! the same frames and the same end.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use p2p_overlay::p2p_message::{
-    read_frame, DecodeError, DEFAULT_MAX_FRAME, LEN_PREFIX, MAX_JOIN_FRAME,
+    read_frame, read_frame_buffered, DecodeError, DEFAULT_MAX_FRAME, LEN_PREFIX,
+    MAX_JOIN_FRAME,
 };
 use p2p_overlay::P2PMessage;
 
@@ -40,8 +43,13 @@ fuzz_target!(|data: &[u8]| {
     };
     check_decode(stream);
     let mut r = stream;
+    // Buffer sizes from 1 to 64 bytes make frames straddle refills.
+    let mut buffered = std::io::BufReader::with_capacity(1 + (pick as usize / 3) % 64, stream);
     loop {
-        match read_frame(&mut r, max) {
+        let got = read_frame(&mut r, max);
+        let again = read_frame_buffered(&mut buffered, max);
+        assert_eq!(format!("{got:?}"), format!("{again:?}"));
+        match got {
             Ok(Some(frame)) => {
                 assert!(!frame.is_empty() && frame.len() <= max as usize);
                 check_decode(&frame);
