@@ -8,8 +8,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use p2p_overlay::p2p_message::{
-    read_frame, read_frame_buffered, DecodeError, DEFAULT_MAX_FRAME, LEN_PREFIX,
-    MAX_JOIN_FRAME,
+    read_frame, read_frame_buffered, DecodeError, DEFAULT_MAX_FRAME, LEN_PREFIX, MAX_JOIN_FRAME,
 };
 use p2p_overlay::P2PMessage;
 
