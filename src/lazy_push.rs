@@ -8,16 +8,18 @@
 //!
 //! - a new broadcast is sent on eager links and only *announced* on lazy ones: their
 //!   ids are collected and sent as one IHAVE per link every [`LAZY_INTERVAL`];
-//! - a node that receives a copy it already has answers PRUNE, and both ends make that
-//!   link lazy. The links left eager are the ones copies arrive on first: a tree;
+//! - a node that receives a copy it already has answers PRUNE, and the sender then
+//!   only announces on that link. Each end decides only what it *receives* (with
+//!   Plumtree's rule, where a duplicate makes both ends lazy, nodes lost their parent
+//!   through their own duplicates: every broadcast waited for a GRAFT at 100 nodes).
+//!   The links left sending are the ones copies arrive on first: a tree;
 //! - a node that is announced a broadcast it does not get within [`GRAFT_TIMEOUT`]
 //!   sends GRAFT to the announcer, which sends the broadcast and makes the link eager
 //!   again: the tree repairs itself when a link or node on it fails. While newer
 //!   broadcasts of the same origin keep arriving, the tree is only lagging behind (a
 //!   burst queues on the tree while announcements overtake it), and the node waits
 //!   longer, up to [`GRAFT_PATIENCE`], instead of asking for copies already on
-//!   their way.
-//!
+//!   their way;
 //! - the tree is kept shallow. A duplicate that travelled fewer hops than the copy
 //!   we took makes its sender our parent (we PRUNE the old parent instead of it). An
 //!   announcement showing a neighbour two or more hops nearer the origin makes us
@@ -32,7 +34,7 @@
 //! of a connected overlay: if a tree link is lost, lazy neighbours still announce.
 //!
 //! The maintenance thread runs [`due`] whenever the next flush or graft is due;
-//! reader threads [`kick`](LazyPush::kick) it when they schedule one.
+//! reader threads wake it through a `bounded(1)` channel when they schedule one.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
