@@ -749,10 +749,12 @@ impl Shared {
     /// Returns whether it had to wait: the reader then counts its peer as heard from
     /// just now, since the silence was its own.
     pub(crate) fn deliver(&self, ev: Event) -> bool {
-        if self.events.len() >= self.config.max_pending_events {
+        let full = || self.events.len() >= self.config.max_pending_events;
+        let waited = full();
+        if waited {
             let deadline = Instant::now() + self.event_wait();
             let mut pause = Duration::from_micros(50);
-            while self.events.len() >= self.config.max_pending_events {
+            while full() {
                 if Instant::now() >= deadline || !self.is_running() {
                     self.drop_event();
                     return true;
@@ -760,11 +762,9 @@ impl Shared {
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(5));
             }
-            let _ = self.events.send(ev);
-            return true;
         }
         let _ = self.events.send(ev);
-        false
+        waited
     }
 
     /// Half the peer timeout: a reader waiting this long per message still reads often
