@@ -100,7 +100,12 @@ fn messages() -> Vec<(String, P2PMessage)> {
             ids: (0..8).map(|i| (NodeId(i), i)).collect(),
         },
     ));
-    v.push(("prune".into(), P2PMessage::Prune));
+    v.push((
+        "prune".into(),
+        P2PMessage::Prune {
+            origin: NodeId(0xfeed_beef),
+        },
+    ));
     v
 }
 

@@ -1152,7 +1152,7 @@ impl Shared {
             match self.lazy.shorter_copy(&id, from.node_id, b.hops) {
                 // A copy nearer the origin than our parent's: `from` is the parent now.
                 Some(r) => self.reparent(r),
-                None => self.prune(from),
+                None => self.prune(from, b.origin),
             }
             return false;
         }
@@ -1206,10 +1206,13 @@ impl Shared {
             if from.is_some_and(|f| f.conn_id == link.conn_id) || link.node_id == id.0 {
                 continue;
             }
-            if !link.eager.load(Ordering::Relaxed) {
-                self.lazy.announce(&link, id, hops);
-                announced += 1;
-                continue;
+            {
+                let mut tree = link.tree.lock();
+                if !tree.sends(id.0) {
+                    self.lazy.announce(&mut tree, id, hops);
+                    announced += 1;
+                    continue;
+                }
             }
             let copy = Frame::Shared(Arc::clone(frame));
             match link.outbox.push_data(copy, Duration::ZERO, Duration::MAX) {
@@ -1230,10 +1233,15 @@ impl Shared {
         (sent, announced)
     }
 
-    /// Answers a GRAFT: we send on this link eagerly again, starting with the
-    /// broadcasts it names that we still have.
+    /// Answers a GRAFT: we send the named broadcasts' origins on this link eagerly
+    /// again, starting with the broadcasts it names that we still have.
     pub(crate) fn handle_graft(&self, ids: &[BroadcastId], from: &Link) {
-        from.eager.store(true, Ordering::Relaxed);
+        {
+            let mut tree = from.tree.lock();
+            for id in ids {
+                tree.peer_grafted(id.0);
+            }
+        }
         for frame in self.lazy.frames(ids) {
             if self.queue_frame(from, frame) == Queued::Yes {
                 self.stats.frames_forwarded.fetch_add(1, Ordering::Relaxed);
@@ -1252,30 +1260,40 @@ impl Shared {
             let seen = self.seen.lock();
             ids.iter().map(|a| seen.contains(&a.id)).collect()
         };
-        let nearer = self.lazy.announced(from, ids, &have);
-        if nearer && from.pruned.swap(false, Ordering::Relaxed) {
+        let mut nearer = self.lazy.announced(from, ids, &have);
+        // Only origins we had pruned there: the others already come as copies.
+        {
+            let mut tree = from.tree.lock();
+            nearer.retain(|id| tree.graft(id.0));
+        }
+        if !nearer.is_empty() {
             log::debug!(
-                "broadcast tree: {} is nearer the origin, grafting",
-                from.addr
+                "broadcast tree: {} is nearer {} origin(s), grafting",
+                from.addr,
+                nearer.len()
             );
-            self.queue_control(from, &P2PMessage::Graft { ids: Vec::new() }.encode());
+            // The peer answers with those broadcasts (duplicates here) and sends their
+            // origins eagerly from then on; the duplicate rule then prunes the longer
+            // path.
+            self.queue_control(from, &P2PMessage::Graft { ids: nearer }.encode());
         }
     }
 
-    /// Asks `link`'s peer to announce broadcasts instead of sending them (once).
-    fn prune(&self, link: &Link) {
-        if !link.pruned.swap(true, Ordering::Relaxed) {
-            self.queue_control(link, &P2PMessage::Prune.encode());
+    /// Asks `link`'s peer to announce `origin`'s broadcasts instead of sending them
+    /// (once, until we graft them again).
+    fn prune(&self, link: &Link, origin: NodeId) {
+        if link.tree.lock().prune(origin) {
+            self.queue_control(link, &P2PMessage::Prune { origin }.encode());
         }
     }
 
-    /// Makes `r.to` (which just sent us a copy: it sends eagerly) our parent in the
-    /// broadcast tree instead of `r.from`, which is pruned.
+    /// Makes `r.to` (which just sent us a copy: it sends eagerly) our parent in
+    /// `r.origin`'s tree instead of `r.from`, which is pruned for that origin.
     fn reparent(&self, r: Reparent) {
         log::debug!("broadcast tree: parent {} replaces {}", r.to, r.from);
         let from = self.table.lock().get(r.from);
         if let Some(from) = from {
-            self.prune(&from);
+            self.prune(&from, r.origin);
         }
     }
 

@@ -373,8 +373,8 @@ impl PeerConnection {
                     shared.handle_graft(&ids, link);
                     false
                 }
-                P2PMessage::Prune => {
-                    link.eager.store(false, Ordering::Relaxed);
+                P2PMessage::Prune { origin } => {
+                    link.tree.lock().peer_pruned(origin);
                     false
                 }
                 P2PMessage::Leave => {

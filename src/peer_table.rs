@@ -8,14 +8,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::event::{Direction, PeerInfo};
+use crate::lazy_push::LinkTree;
 use crate::outbox::Outbox;
-use crate::p2p_message::{Announcement, NodeId};
+use crate::p2p_message::NodeId;
 use parking_lot::Mutex;
 
 /// Marks an RTT that has not been measured yet.
@@ -43,14 +44,9 @@ pub(crate) struct Link {
     pub last_ping_ms: AtomicU64,
     /// Last measured round trip in microseconds, or `NO_RTT`.
     pub rtt_us: AtomicU64,
-    /// We send broadcasts on this link (true), or only announce them: the peer sent
-    /// PRUNE (see `lazy_push`). Each end decides what it receives, so this changes
-    /// only when the peer asks.
-    pub eager: AtomicBool,
-    /// We sent this peer PRUNE (and no GRAFT since): it announces instead of sending.
-    pub pruned: AtomicBool,
-    /// Broadcast ids to announce on this link with the next IHAVE.
-    pub lazy_ids: Mutex<Vec<Announcement>>,
+    /// Which origins' broadcasts this link carries, and what it announces next (see
+    /// `lazy_push`).
+    pub tree: Mutex<LinkTree>,
 }
 
 impl Link {
@@ -77,9 +73,7 @@ impl Link {
             last_seen_ms: AtomicU64::new(now_ms),
             last_ping_ms: AtomicU64::new(now_ms),
             rtt_us: AtomicU64::new(NO_RTT),
-            eager: AtomicBool::new(true),
-            pruned: AtomicBool::new(false),
-            lazy_ids: Mutex::new(Vec::new()),
+            tree: Mutex::new(LinkTree::default()),
         }
     }
 

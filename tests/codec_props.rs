@@ -107,7 +107,7 @@ fn message() -> impl Strategy<Value = P2PMessage> {
         vec((any::<u64>(), any::<u64>()), 0..=40).prop_map(|ids| P2PMessage::Graft {
             ids: ids.into_iter().map(|(o, s)| (NodeId(o), s)).collect()
         }),
-        Just(P2PMessage::Prune),
+        any::<u64>().prop_map(|o| P2PMessage::Prune { origin: NodeId(o) }),
     ]
 }
 
