@@ -25,9 +25,13 @@ use crate::support::{spawn, Percentiles};
 const RUN_WARMUP: u32 = 0;
 const RUN_LATENCY: u32 = 1;
 const RUN_BURST: u32 = 2;
+const RUN_MULTI_WARMUP: u32 = 3;
+const RUN_MULTI: u32 = 4;
 
 pub struct LatencyResult {
     pub nodes: usize,
+    /// Nodes that took turns broadcasting.
+    pub origins: usize,
     /// Broadcasts sent (warm-up excluded).
     pub sent: usize,
     /// Latency of every broadcast that reached every node in time.
@@ -60,28 +64,36 @@ impl LatencyResult {
     }
 }
 
-/// `warmup` untimed broadcasts, then `count` timed ones, each of `size` bytes, from
-/// node `origin`, one at a time. A broadcast not everywhere after `per_msg` is
-/// counted as incomplete and the next one is sent.
+/// `warmup` untimed broadcasts from each of `origins`, then `count` timed ones, each
+/// of `size` bytes, one at a time, the origins taking turns. A broadcast not
+/// everywhere after `per_msg` is counted as incomplete and the next one is sent.
 pub fn latency(
     ov: &Overlay,
-    origin: usize,
+    origins: &[usize],
     count: usize,
     warmup: usize,
     size: usize,
     per_msg: Duration,
 ) -> LatencyResult {
+    let (run_warmup, run) = match origins.len() {
+        1 => (RUN_WARMUP, RUN_LATENCY),
+        _ => (RUN_MULTI_WARMUP, RUN_MULTI),
+    };
     let others = ov.len() - 1;
-    let node = &ov.nodes[origin];
-    for seq in 0..warmup as u64 {
-        let _ = node.broadcast_data(&broadcast_text(RUN_WARMUP, seq, size));
-        wait_for_all(ov, RUN_WARMUP, seq, others, Instant::now() + per_msg);
+    let mut seq = 0;
+    for &origin in origins {
+        for _ in 0..warmup {
+            let _ = ov.nodes[origin].broadcast_data(&broadcast_text(run_warmup, seq, size));
+            wait_for_all(ov, run_warmup, seq, others, Instant::now() + per_msg);
+            seq += 1;
+        }
     }
     std::thread::sleep(Duration::from_millis(100)); // let warm-up duplicates settle
     ov.drain();
     let before = ov.counters();
     let mut r = LatencyResult {
         nodes: ov.len(),
+        origins: origins.len(),
         sent: count,
         times: Vec::with_capacity(count),
         flood_done: Vec::with_capacity(count),
@@ -92,13 +104,14 @@ pub fn latency(
         counters: Counters::default(),
     };
     for seq in 0..count as u64 {
-        let text = broadcast_text(RUN_LATENCY, seq, size);
+        let node = &ov.nodes[origins[seq as usize % origins.len()]];
+        let text = broadcast_text(run, seq, size);
         let t0 = Instant::now();
         match node.broadcast_data(&text) {
             Ok(_) => {}
             Err(e) => eprintln!("  broadcast #{seq} failed: {e}"),
         }
-        let w = wait_for_all(ov, RUN_LATENCY, seq, others, t0 + per_msg);
+        let w = wait_for_all(ov, run, seq, others, t0 + per_msg);
         r.deliveries += w.delivered as u64;
         r.max_hops = r.max_hops.max(w.max_hops);
         r.double_deliveries += w.doubles;
@@ -113,7 +126,7 @@ pub fn latency(
     // Copies still in flight are forwarded and dropped as duplicates within a few ms.
     std::thread::sleep(Duration::from_millis(300));
     for d in ov.deliveries.try_iter() {
-        if d.run == RUN_LATENCY {
+        if d.run == run {
             r.deliveries += 1; // late deliveries of incomplete broadcasts
         }
     }

@@ -44,6 +44,9 @@ use support::{fmt_f, fmt_n, ms, open_files_limit, us, Percentiles, Table};
 
 const SECTIONS: [&str; 6] = ["link", "rtt", "broadcast", "burst", "join", "memory"];
 
+/// Origins taking turns in the second latency run on each overlay of 10 or more nodes.
+const MULTI_ORIGINS: usize = 5;
+
 /// Seed of the random "join through an earlier node" choices.
 const TOPOLOGY_SEED: u64 = 0x5eed_2024;
 
@@ -143,6 +146,8 @@ struct Results {
     link: Vec<LinkResult>,
     rtt: Option<RttResult>,
     broadcast: Vec<(LatencyResult, Convergence)>,
+    /// The same overlays with [`MULTI_ORIGINS`] origins taking turns.
+    broadcast_multi: Vec<(LatencyResult, Convergence)>,
     burst: Option<BurstResult>,
     join: Vec<JoinResult>,
     memory: Option<MemoryResult>,
@@ -502,7 +507,7 @@ fn run_overlays(plan: &Plan, r: &mut Results, latency: bool, burst: bool) {
         if latency && plan.broadcast_nodes.contains(&n) {
             let l = broadcast::latency(
                 &ov,
-                origin,
+                &[origin],
                 plan.broadcast_count,
                 plan.broadcast_warmup,
                 plan.broadcast_size,
@@ -532,7 +537,48 @@ fn run_overlays(plan: &Plan, r: &mut Results, latency: bool, burst: bool) {
                 fmt_f(l.copies_per_delivery(), 2),
                 fmt_f(l.duplicates_per_delivery(), 2),
             ]);
-            r.broadcast.push((l, conv));
+            r.broadcast.push((l, conv.clone()));
+            if n >= MULTI_ORIGINS * 2 {
+                // The same overlay with several origins taking turns: each origin
+                // needs a tree of its own (PROTOCOL.md 3.5).
+                let origins: Vec<usize> = (0..MULTI_ORIGINS)
+                    .map(|k| n - 1 - k * (n / MULTI_ORIGINS))
+                    .collect();
+                let m = broadcast::latency(
+                    &ov,
+                    &origins,
+                    plan.broadcast_count,
+                    plan.broadcast_warmup,
+                    plan.broadcast_size,
+                    plan.broadcast_per_msg,
+                );
+                print_latency_line(&m);
+                if m.incomplete > 0 {
+                    r.notes.push(format!(
+                        "broadcast {n}, {MULTI_ORIGINS} origins: {} of {} broadcasts did not \
+                         reach every node within {:?}",
+                        m.incomplete, m.sent, plan.broadcast_per_msg
+                    ));
+                }
+                let p = m.percentiles();
+                let cell = |f: fn(&Percentiles) -> Duration| {
+                    p.as_ref().map_or("-".into(), |p| fmt_f(ms(f(p)), 2))
+                };
+                t.row(vec![
+                    format!("{n} ({MULTI_ORIGINS} origins)"),
+                    format!("{:.2} s", conv.elapsed.as_secs_f64()),
+                    fmt_f(conv.mean_links, 1),
+                    m.sent.to_string(),
+                    cell(|p| p.p50),
+                    cell(|p| p.p90),
+                    cell(|p| p.p99),
+                    cell(|p| p.max),
+                    m.incomplete.to_string(),
+                    fmt_f(m.copies_per_delivery(), 2),
+                    fmt_f(m.duplicates_per_delivery(), 2),
+                ]);
+                r.broadcast_multi.push((m, conv));
+            }
         }
         if burst && n == plan.burst_nodes {
             let b = broadcast::burst(
@@ -560,9 +606,13 @@ fn print_latency_line(l: &LatencyResult) {
     let p = l.percentiles();
     let done = Percentiles::of(&l.flood_done);
     println!(
-        "  broadcast latency: {} sent, p50 {} ms, p99 {} ms (flood over: p50 {} ms), \
+        "  broadcast latency{}: {} sent, p50 {} ms, p99 {} ms (flood over: p50 {} ms), \
          {} incomplete;\n  copies/delivery {:.2}, duplicates dropped/delivery {:.2}, \
          double deliveries {}, grafts {}, max hops {}",
+        match l.origins {
+            1 => String::new(),
+            k => format!(" ({k} origins taking turns)"),
+        },
         l.sent,
         p.map_or("-".into(), |p| fmt_f(ms(p.p50), 2)),
         p.map_or("-".into(), |p| fmt_f(ms(p.p99), 2)),
@@ -803,6 +853,24 @@ fn print_summary(r: &Results) {
             reference.into(),
         ]);
     }
+    for (l, _) in &r.broadcast_multi {
+        let p99 = l.percentiles().map_or(f64::NAN, |p| ms(p.p99));
+        t.row(vec![
+            format!("broadcast p99, {} nodes, {} origins", l.nodes, l.origins),
+            format!(
+                "{} ms{}",
+                fmt_f(p99, 2),
+                if l.incomplete == 0 {
+                    ""
+                } else {
+                    " (incomplete)"
+                }
+            ),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+        ]);
+    }
     if let Some(b) = &r.burst {
         let rate = b.msgs_per_sec_slowest();
         t.row(vec![
@@ -921,29 +989,27 @@ fn to_json(plan: &Plan, r: &Results, total: Duration) -> Value {
             "complete": res.errors.is_empty(),
         })
     });
-    let broadcast: Vec<Value> = r
-        .broadcast
-        .iter()
-        .map(|(l, conv)| {
-            json!({
-                "nodes": l.nodes, "msgs": l.sent,
-                "p50_ms": pct(&l.times, |p| p.p50, ms),
-                "p90_ms": pct(&l.times, |p| p.p90, ms),
-                "p99_ms": pct(&l.times, |p| p.p99, ms),
-                "max_ms": pct(&l.times, |p| p.max, ms),
-                "flood_done_p50_ms": pct(&l.flood_done, |p| p.p50, ms),
-                "copies_per_delivery": l.copies_per_delivery(),
-                "duplicates_dropped_per_delivery": l.duplicates_per_delivery(),
-                "double_deliveries": l.double_deliveries,
-                "grafts": l.counters.grafts_sent,
-                "max_hops": l.max_hops,
-                "incomplete": l.incomplete,
-                "formed_secs": conv.elapsed.as_secs_f64(),
-                "mean_links": conv.mean_links,
-                "connected": conv.connected,
-            })
+    let latency_json = |(l, conv): &(LatencyResult, Convergence)| {
+        json!({
+            "nodes": l.nodes, "origins": l.origins, "msgs": l.sent,
+            "p50_ms": pct(&l.times, |p| p.p50, ms),
+            "p90_ms": pct(&l.times, |p| p.p90, ms),
+            "p99_ms": pct(&l.times, |p| p.p99, ms),
+            "max_ms": pct(&l.times, |p| p.max, ms),
+            "flood_done_p50_ms": pct(&l.flood_done, |p| p.p50, ms),
+            "copies_per_delivery": l.copies_per_delivery(),
+            "duplicates_dropped_per_delivery": l.duplicates_per_delivery(),
+            "double_deliveries": l.double_deliveries,
+            "grafts": l.counters.grafts_sent,
+            "max_hops": l.max_hops,
+            "incomplete": l.incomplete,
+            "formed_secs": conv.elapsed.as_secs_f64(),
+            "mean_links": conv.mean_links,
+            "connected": conv.connected,
         })
-        .collect();
+    };
+    let broadcast: Vec<Value> = r.broadcast.iter().map(latency_json).collect();
+    let broadcast_multi: Vec<Value> = r.broadcast_multi.iter().map(latency_json).collect();
     let burst = r.burst.as_ref().map_or(Value::Null, |b| {
         json!({
             "nodes": b.nodes, "msgs": b.msgs,
@@ -988,7 +1054,8 @@ fn to_json(plan: &Plan, r: &Results, total: Duration) -> Value {
         "other_cpu_percent": r.other_cpu.iter().map(|(n, p)| (n.clone(), json!(p)))
             .collect::<serde_json::Map<String, Value>>(),
         "total_secs": total.as_secs_f64(),
-        "link": link, "rtt": rtt, "broadcast": broadcast, "burst": burst,
+        "link": link, "rtt": rtt, "broadcast": broadcast,
+        "broadcast_multi_origin": broadcast_multi, "burst": burst,
         "join": join, "memory": memory,
         "peer_exchange_deadlock": r.exchange_deadlock,
         "workarounds": r.workarounds,
