@@ -505,38 +505,7 @@ fn run_overlays(plan: &Plan, r: &mut Results, latency: bool, burst: bool) {
         }
         let origin = n - 1; // the last to join: a typical node, not the hub node 0
         if latency && plan.broadcast_nodes.contains(&n) {
-            let l = broadcast::latency(
-                &ov,
-                &[origin],
-                plan.broadcast_count,
-                plan.broadcast_warmup,
-                plan.broadcast_size,
-                plan.broadcast_per_msg,
-            );
-            print_latency_line(&l);
-            if l.incomplete > 0 {
-                r.notes.push(format!(
-                    "broadcast {n}: {} of {} broadcasts did not reach every node within {:?}",
-                    l.incomplete, l.sent, plan.broadcast_per_msg
-                ));
-            }
-            let p = l.percentiles();
-            let cell = |f: fn(&Percentiles) -> Duration| {
-                p.as_ref().map_or("-".into(), |p| fmt_f(ms(f(p)), 2))
-            };
-            t.row(vec![
-                n.to_string(),
-                format!("{:.2} s", conv.elapsed.as_secs_f64()),
-                fmt_f(conv.mean_links, 1),
-                l.sent.to_string(),
-                cell(|p| p.p50),
-                cell(|p| p.p90),
-                cell(|p| p.p99),
-                cell(|p| p.max),
-                l.incomplete.to_string(),
-                fmt_f(l.copies_per_delivery(), 2),
-                fmt_f(l.duplicates_per_delivery(), 2),
-            ]);
+            let l = run_latency(plan, r, &mut t, &ov, &conv, &[origin]);
             r.broadcast.push((l, conv.clone()));
             if n >= MULTI_ORIGINS * 2 {
                 // The same overlay with several origins taking turns: each origin
@@ -544,39 +513,7 @@ fn run_overlays(plan: &Plan, r: &mut Results, latency: bool, burst: bool) {
                 let origins: Vec<usize> = (0..MULTI_ORIGINS)
                     .map(|k| n - 1 - k * (n / MULTI_ORIGINS))
                     .collect();
-                let m = broadcast::latency(
-                    &ov,
-                    &origins,
-                    plan.broadcast_count,
-                    plan.broadcast_warmup,
-                    plan.broadcast_size,
-                    plan.broadcast_per_msg,
-                );
-                print_latency_line(&m);
-                if m.incomplete > 0 {
-                    r.notes.push(format!(
-                        "broadcast {n}, {MULTI_ORIGINS} origins: {} of {} broadcasts did not \
-                         reach every node within {:?}",
-                        m.incomplete, m.sent, plan.broadcast_per_msg
-                    ));
-                }
-                let p = m.percentiles();
-                let cell = |f: fn(&Percentiles) -> Duration| {
-                    p.as_ref().map_or("-".into(), |p| fmt_f(ms(f(p)), 2))
-                };
-                t.row(vec![
-                    format!("{n} ({MULTI_ORIGINS} origins)"),
-                    format!("{:.2} s", conv.elapsed.as_secs_f64()),
-                    fmt_f(conv.mean_links, 1),
-                    m.sent.to_string(),
-                    cell(|p| p.p50),
-                    cell(|p| p.p90),
-                    cell(|p| p.p99),
-                    cell(|p| p.max),
-                    m.incomplete.to_string(),
-                    fmt_f(m.copies_per_delivery(), 2),
-                    fmt_f(m.duplicates_per_delivery(), 2),
-                ]);
+                let m = run_latency(plan, r, &mut t, &ov, &conv, &origins);
                 r.broadcast_multi.push((m, conv));
             }
         }
@@ -600,6 +537,55 @@ fn run_overlays(plan: &Plan, r: &mut Results, latency: bool, burst: bool) {
         heading("4. Broadcast latency: origin -> last node to deliver (64 B, one at a time)");
         t.print();
     }
+}
+
+/// One latency measurement on `ov` from `origins`: printed, noted if incomplete, and
+/// added to the table `t`.
+fn run_latency(
+    plan: &Plan,
+    r: &mut Results,
+    t: &mut Table,
+    ov: &Overlay,
+    conv: &Convergence,
+    origins: &[usize],
+) -> LatencyResult {
+    let n = ov.len();
+    let label = match origins.len() {
+        1 => n.to_string(),
+        k => format!("{n} ({k} origins)"),
+    };
+    let l = broadcast::latency(
+        ov,
+        origins,
+        plan.broadcast_count,
+        plan.broadcast_warmup,
+        plan.broadcast_size,
+        plan.broadcast_per_msg,
+    );
+    print_latency_line(&l);
+    if l.incomplete > 0 {
+        r.notes.push(format!(
+            "broadcast {label}: {} of {} broadcasts did not reach every node within {:?}",
+            l.incomplete, l.sent, plan.broadcast_per_msg
+        ));
+    }
+    let p = l.percentiles();
+    let cell =
+        |f: fn(&Percentiles) -> Duration| p.as_ref().map_or("-".into(), |p| fmt_f(ms(f(p)), 2));
+    t.row(vec![
+        label,
+        format!("{:.2} s", conv.elapsed.as_secs_f64()),
+        fmt_f(conv.mean_links, 1),
+        l.sent.to_string(),
+        cell(|p| p.p50),
+        cell(|p| p.p90),
+        cell(|p| p.p99),
+        cell(|p| p.max),
+        l.incomplete.to_string(),
+        fmt_f(l.copies_per_delivery(), 2),
+        fmt_f(l.duplicates_per_delivery(), 2),
+    ]);
+    l
 }
 
 fn print_latency_line(l: &LatencyResult) {
