@@ -6,8 +6,11 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 
-/// Errors of the [`Node`](crate::Node) API.
+use crate::p2p_message::{DecodeError, MessageType, PROTOCOL_VERSION};
+
+/// Errors of the [`Node`](crate::Node) API. More may come: match with a `_` arm.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Error {
     /// The listening socket could not be bound (port in use, no permission, ...).
     Bind {
@@ -29,12 +32,12 @@ pub enum Error {
         /// The OS error.
         source: io::Error,
     },
-    /// The connection was made but the JOIN exchange failed.
+    /// The connection was made but the JOIN exchange failed or was refused.
     Handshake {
         /// The address dialled.
         addr: SocketAddr,
         /// Why it failed.
-        reason: String,
+        reason: HandshakeError,
     },
     /// The address turned out to be this node itself.
     SelfDial(SocketAddr),
@@ -83,6 +86,103 @@ impl std::error::Error for Error {
         match self {
             Error::Bind { source, .. } | Error::Connect { source, .. } => Some(source),
             Error::Thread(e) => Some(e),
+            Error::Handshake { reason, .. } => Some(reason),
+            _ => None,
+        }
+    }
+}
+
+/// Why a connection did not become a link. Each `Display` names the value involved.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum HandshakeError {
+    /// This node is stopping.
+    Stopping,
+    /// The socket could not be set up (timeouts).
+    Setup(io::Error),
+    /// Our JOIN could not be sent.
+    Send(io::Error),
+    /// The peer closed the connection before its JOIN arrived.
+    ClosedEarly,
+    /// No complete JOIN within the handshake timeout (milliseconds).
+    Timeout {
+        /// The handshake timeout, in milliseconds.
+        ms: u128,
+    },
+    /// The first frame could not be read or decoded.
+    BadFrame(DecodeError),
+    /// The first frame was a valid message, but not JOIN.
+    NotJoin(MessageType),
+    /// The peer speaks another protocol version.
+    Version {
+        /// The version in its JOIN.
+        theirs: u16,
+    },
+    /// The peer belongs to another overlay.
+    Network {
+        /// The network name in its JOIN.
+        theirs: String,
+        /// Ours.
+        ours: String,
+    },
+    /// The JOIN's listen port is 0: nobody could dial the peer back.
+    ListenPortZero,
+    /// This node has all the links it allows; the peer was referred elsewhere.
+    LinkLimit {
+        /// `max_links`.
+        max_links: usize,
+        /// `max_inbound_links`.
+        max_inbound: usize,
+    },
+    /// Another node that is alive is linked under the listen address the peer claims.
+    AddressTaken(SocketAddr),
+    /// `connect_to_peer` got no outcome within the connect plus handshake timeout.
+    NoAnswer,
+    /// Another dial of the same address was already running, and it did not end in a
+    /// link.
+    ConcurrentDialFailed,
+}
+
+impl fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HandshakeError::Stopping => f.write_str("node is stopping"),
+            HandshakeError::Setup(e) => write!(f, "cannot set timeout: {e}"),
+            HandshakeError::Send(e) => write!(f, "cannot send JOIN: {e}"),
+            HandshakeError::ClosedEarly => f.write_str("closed before sending JOIN"),
+            HandshakeError::Timeout { ms } => write!(f, "no JOIN within {ms} ms"),
+            HandshakeError::BadFrame(e) => write!(f, "{e}"),
+            HandshakeError::NotJoin(t) => write!(f, "expected JOIN, got {t:?} first"),
+            HandshakeError::Version { theirs } => {
+                write!(f, "protocol version {theirs} (we speak {PROTOCOL_VERSION})")
+            }
+            HandshakeError::Network { theirs, ours } => {
+                write!(f, "network {theirs:?} (we are {ours:?})")
+            }
+            HandshakeError::ListenPortZero => f.write_str("listen port 0"),
+            HandshakeError::LinkLimit {
+                max_links,
+                max_inbound,
+            } => write!(
+                f,
+                "link limit reached ({max_links} links, at most {max_inbound} inbound)"
+            ),
+            HandshakeError::AddressTaken(addr) => {
+                write!(f, "{addr} is linked to another node that is alive")
+            }
+            HandshakeError::NoAnswer => f.write_str("no answer in time"),
+            HandshakeError::ConcurrentDialFailed => {
+                f.write_str("the concurrent dial did not produce a link")
+            }
+        }
+    }
+}
+
+impl std::error::Error for HandshakeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            HandshakeError::Setup(e) | HandshakeError::Send(e) => Some(e),
+            HandshakeError::BadFrame(e) => Some(e),
             _ => None,
         }
     }

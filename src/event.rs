@@ -4,6 +4,7 @@
 //! must not own stdout, so the node sends events on a channel instead, and the
 //! `p2p-node` binary is just one consumer that prints them (`cli.rs`).
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -45,8 +46,10 @@ pub struct PeerInfo {
     pub connected_for: Duration,
 }
 
-/// Something that happened on the overlay, in the order the node saw it.
+/// Something that happened on the overlay, in the order the node saw it. More kinds
+/// may come (hence `non_exhaustive`): match with a `_` arm.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event {
     /// A link completed its handshake.
     PeerUp(PeerInfo),
@@ -56,8 +59,8 @@ pub enum Event {
         node_id: NodeId,
         /// The peer's listen address.
         addr: SocketAddr,
-        /// Why: `"left"`, `"heartbeat timeout"`, `"connection closed"`, ...
-        reason: String,
+        /// Why; its `Display` is the text the binary prints.
+        reason: DownReason,
     },
     /// A direct message from a linked peer.
     Message {
@@ -79,4 +82,110 @@ pub enum Event {
         /// The text, verbatim.
         text: String,
     },
+}
+
+/// Why a link went down. `Display` gives the text `peer down: <addr> (<reason>)` prints
+/// (docs/PROTOCOL.md lists them all); match on the variant, not the text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DownReason {
+    /// The peer said LEAVE: it is going away on purpose.
+    Left,
+    /// Nothing arrived for the peer timeout.
+    HeartbeatTimeout,
+    /// The peer closed the connection between two frames.
+    ClosedByPeer,
+    /// This node stopped.
+    NodeStopped,
+    /// The application closed the link (`Node::remove_peer`, `disconnect`).
+    RemovedLocally,
+    /// The peer stopped reading: its outbound queue stayed full.
+    QueueFull,
+    /// Another node completed a handshake with the same listen address after this one
+    /// had gone silent (the node there restarted with a new id).
+    Replaced,
+    /// Reading the socket failed (reset, timeout); the OS error text.
+    ReadFailed(String),
+    /// The peer sent a frame that breaks the protocol; what was wrong with it.
+    BadFrame(String),
+    /// The peer sent a second JOIN on a live link.
+    SecondJoin,
+    /// The OS refused the link's writer thread.
+    NoWriterThread,
+    /// The socket failed while this node was stopping; the OS error text.
+    Stopping(String),
+}
+
+impl DownReason {
+    /// Whether the link ended the normal way (logged at info) rather than by a fault
+    /// of the peer or the socket (logged as a warning).
+    pub fn is_clean(&self) -> bool {
+        matches!(
+            self,
+            DownReason::Left
+                | DownReason::ClosedByPeer
+                | DownReason::NodeStopped
+                | DownReason::RemovedLocally
+                | DownReason::Stopping(_)
+        )
+    }
+}
+
+impl fmt::Display for DownReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DownReason::Left => f.write_str("left"),
+            DownReason::HeartbeatTimeout => f.write_str("heartbeat timeout"),
+            DownReason::ClosedByPeer => f.write_str("connection closed by peer"),
+            DownReason::NodeStopped => f.write_str("node stopped"),
+            DownReason::RemovedLocally => f.write_str("removed locally"),
+            DownReason::QueueFull => f.write_str("outbound queue full"),
+            DownReason::Replaced => f.write_str("replaced by a new node on the same address"),
+            DownReason::ReadFailed(e) => write!(f, "read failed: {e}"),
+            DownReason::BadFrame(e) => f.write_str(e),
+            DownReason::SecondJoin => f.write_str("second JOIN on a live link"),
+            DownReason::NoWriterThread => f.write_str("no writer thread"),
+            DownReason::Stopping(e) => write!(f, "node stopping ({e})"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn down_reasons_print_the_documented_texts() {
+        let cases = [
+            (DownReason::Left, "left"),
+            (DownReason::HeartbeatTimeout, "heartbeat timeout"),
+            (DownReason::ClosedByPeer, "connection closed by peer"),
+            (DownReason::NodeStopped, "node stopped"),
+            (DownReason::RemovedLocally, "removed locally"),
+            (DownReason::QueueFull, "outbound queue full"),
+            (
+                DownReason::Replaced,
+                "replaced by a new node on the same address",
+            ),
+            (
+                DownReason::ReadFailed("connection reset".into()),
+                "read failed: connection reset",
+            ),
+            (
+                DownReason::BadFrame("frame length 0".into()),
+                "frame length 0",
+            ),
+            (DownReason::SecondJoin, "second JOIN on a live link"),
+            (DownReason::NoWriterThread, "no writer thread"),
+            (
+                DownReason::Stopping("reset".into()),
+                "node stopping (reset)",
+            ),
+        ];
+        for (reason, text) in cases {
+            assert_eq!(reason.to_string(), text);
+        }
+        assert!(DownReason::Left.is_clean());
+        assert!(!DownReason::QueueFull.is_clean());
+    }
 }

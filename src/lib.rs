@@ -56,28 +56,29 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod cli;
+mod clock;
 mod config;
 mod error;
 mod event;
-pub mod known_addrs;
-mod lazy_push;
+mod links;
 mod maintenance;
 mod node;
-mod outbox;
 pub mod p2p_message;
-pub mod peer_cache;
 mod peer_connection;
 mod peer_connection_factory;
-mod peer_table;
-mod seen_cache;
+mod protocol;
+mod shared;
+mod state;
+mod transport;
 
 pub use config::Config;
-pub use error::Error;
-pub use event::{Direction, Event, PeerInfo};
-pub use known_addrs::KnownAddr;
+pub use error::{Error, HandshakeError};
+pub use event::{Direction, DownReason, Event, PeerInfo};
 pub use node::{resolve_peer_addr, Node, NodeInfo};
 pub use p2p_message::{MessageType, NodeId, P2PMessage};
+pub use state::known_addrs::{self, KnownAddr};
+pub use state::peer_cache;
+pub use state::stats::{Counter, Counters};
 
 #[cfg(test)]
 mod tests {

@@ -19,7 +19,9 @@ use std::time::Duration;
 use clap::Parser;
 use crossbeam_channel::{bounded, never, select, unbounded, Receiver};
 
-use p2p_overlay::cli::{self, Command};
+mod cli;
+
+use cli::Command;
 use p2p_overlay::{peer_cache, resolve_peer_addr, Config, Node};
 
 const AFTER_HELP: &str = "\

@@ -1,45 +1,31 @@
 //! `PeerConnectionFactory`: turns a socket, accepted or dialled, into a running
 //! [`PeerConnection`] on a thread of its own. It mirrors the C++
 //! `PeerConnectionFactory`, a `Poco::Net::TCPServerConnectionFactory` whose
-//! `createConnection` wrapped each accepted socket.
+//! `createConnection` wrapped each accepted socket, and the acceptor loop of Poco's
+//! `TCPServer` that fed it.
 //!
 //! Differences from the C++, and why:
 //! - Poco ran connections on a pool of 16 threads with a 64-slot queue, so an idle
 //!   connection could starve everyone else (the observed "80 held" of 500 idle
 //!   sockets). Here each connection gets its own named thread with a small, set stack,
-//!   and the handshake timeout bounds how long a silent socket holds it.
+//!   the handshake timeout bounds how long a silent socket holds it, and at most
+//!   `max_pending_handshakes` accepted sockets wait for their JOIN at once.
 //! - The same factory also dials: an outbound connection runs exactly the same code as
 //!   an inbound one, because both ends of a link speak the same protocol.
-//! - Every socket is registered in the peer table before its thread starts, so
+//! - Every stream is registered with the link manager before its thread starts, so
 //!   `Node::stop` can shut it down, and every thread handle is kept there to be joined.
 
 use std::io;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
-
-use crossbeam_channel::Sender;
+use std::time::Duration;
 
 use crate::error::Error;
-use crate::event::{Direction, PeerInfo};
-use crate::node::Shared;
-use crate::peer_connection::PeerConnection;
-
-/// Where a dial reports its outcome, for callers that wait for it (`connect_to_peer`).
-pub(crate) type DialWaiter = Sender<Result<PeerInfo, Error>>;
-
-/// Starts a thread with a name (shown by `top -H`, debuggers and panic messages) and the
-/// node's configured stack size, returning the OS's refusal instead of panicking.
-pub(crate) fn spawn_named<F, T>(name: String, stack_size: usize, f: F) -> io::Result<JoinHandle<T>>
-where
-    F: FnOnce() -> T + Send + 'static,
-    T: Send + 'static,
-{
-    thread::Builder::new()
-        .name(name)
-        .stack_size(stack_size)
-        .spawn(f)
-}
+use crate::links::PendingSlot;
+use crate::peer_connection::{Dial, PeerConnection};
+use crate::shared::Shared;
+use crate::transport::thread::spawn_named;
+use crate::transport::Stream;
 
 /// Creates connection threads for one node.
 pub(crate) struct PeerConnectionFactory {
@@ -51,56 +37,73 @@ impl PeerConnectionFactory {
         PeerConnectionFactory { shared }
     }
 
-    /// Runs an accepted socket (the C++ `createConnection`). A socket that cannot get a
+    /// The acceptor thread's body: hands every accepted socket to
+    /// [`PeerConnectionFactory::create_connection`] until the node stops (then
+    /// [`wake_acceptor`] makes `accept` return).
+    pub(crate) fn run_acceptor(&self, listener: TcpListener) {
+        let links = &self.shared.links;
+        for socket in listener.incoming() {
+            if !links.is_running() {
+                break;
+            }
+            match socket {
+                Ok(s) => {
+                    // Refused sockets are dropped, i.e. closed, right here.
+                    let Some(slot) = links.admit_pending() else {
+                        continue;
+                    };
+                    match s.peer_addr() {
+                        Ok(remote) => self.create_connection(Stream::tcp(s), remote, slot),
+                        Err(e) => log::debug!("accepted socket has no peer address: {e}"),
+                    }
+                }
+                Err(e) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    log::warn!("accept failed: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    /// Runs an accepted stream (the C++ `createConnection`). A stream that cannot get a
     /// thread is closed and the refusal is logged.
-    /// The caller has counted the socket as a pending handshake
-    /// (`Shared::admit_pending`); the connection ends that count.
-    pub(crate) fn create_connection(&self, stream: TcpStream, remote: SocketAddr) {
-        let name = format!("rx {remote}");
-        if let Err(e) = self.start(stream, remote, Direction::Inbound, None, None, name) {
-            self.shared.end_pending();
+    pub(crate) fn create_connection(&self, stream: Stream, remote: SocketAddr, slot: PendingSlot) {
+        let shared = &self.shared;
+        let conn_id = shared.links.next_conn_id();
+        shared.links.add_conn(conn_id, stream.closer());
+        let conn = PeerConnection::accepted(Arc::clone(shared), stream, conn_id, remote, slot);
+        if let Err(e) = self.spawn(format!("rx {remote}"), conn_id, move || conn.run()) {
             log::error!("cannot start a connection thread for {remote}: {e}");
         }
     }
 
-    /// Dials `addr` on a new thread, which then runs the connection. The outcome of the
-    /// handshake goes to `waiter` if there is one. Returns at once; refuses only when a
-    /// dial of `addr` is already in progress or no thread can be started.
-    pub(crate) fn dial(&self, addr: SocketAddr, waiter: Option<DialWaiter>) -> Result<(), Error> {
-        if !self.shared.table.lock().start_dial(addr) {
-            return Err(Error::Handshake {
-                addr,
-                reason: "a dial to this address is already in progress".into(),
-            });
-        }
+    /// Dials `dial.addr` on a new thread, which then runs the connection; its outcome
+    /// goes to `dial.waiter`. The caller has claimed the address
+    /// (`Links::claim_dial`); the connection releases it. Returns at once; fails only
+    /// when no thread can be started.
+    pub(crate) fn dial(&self, dial: Dial) -> Result<(), Error> {
+        let addr = dial.addr;
         let shared = Arc::clone(&self.shared);
         let spawned = spawn_named(
             format!("dial {addr}"),
-            self.shared.config.thread_stack_size,
+            self.shared.links.config().thread_stack_size,
             move || {
-                let timeout = shared.config.connect_timeout;
-                match TcpStream::connect_timeout(&addr, timeout) {
+                let links = &shared.links;
+                match Stream::connect(addr, links.config().connect_timeout) {
                     Ok(stream) => {
-                        let conn_id = shared.next_conn_id();
-                        match stream.try_clone() {
-                            Ok(clone) => shared.table.lock().add_conn(conn_id, clone),
-                            Err(e) => log::debug!("cannot clone socket to {addr}: {e}"),
-                        }
-                        let conn = PeerConnection::new(
-                            shared,
-                            stream,
-                            conn_id,
-                            addr,
-                            Direction::Outbound,
-                            Some(addr),
-                            waiter,
-                        );
-                        conn.run();
+                        let conn_id = links.next_conn_id();
+                        links.add_conn(conn_id, stream.closer());
+                        PeerConnection::dialled(Arc::clone(&shared), stream, conn_id, dial).run();
                     }
                     Err(source) => {
                         log::debug!("dial {addr} failed: {source}");
-                        shared.dial_finished(addr, false);
-                        if let Some(w) = waiter {
+                        shared
+                            .protocols
+                            .membership
+                            .dial_finished(links, addr, false);
+                        links.end_dial(&addr);
+                        if let Some(w) = dial.waiter {
                             let _ = w.send(Err(Error::Connect { addr, source }));
                         }
                     }
@@ -109,49 +112,50 @@ impl PeerConnectionFactory {
         );
         match spawned {
             Ok(handle) => {
-                self.shared.table.lock().add_thread(handle);
+                self.shared.links.add_thread(handle);
                 Ok(())
             }
             Err(e) => {
-                self.shared.table.lock().end_dial(&addr);
+                self.shared.links.end_dial(&addr);
                 Err(Error::Thread(e))
             }
         }
     }
 
-    fn start(
+    fn spawn(
         &self,
-        stream: TcpStream,
-        remote: SocketAddr,
-        direction: Direction,
-        dial_addr: Option<SocketAddr>,
-        waiter: Option<DialWaiter>,
         name: String,
+        conn_id: u64,
+        f: impl FnOnce() + Send + 'static,
     ) -> io::Result<()> {
-        let conn_id = self.shared.next_conn_id();
-        let clone = stream.try_clone()?;
-        self.shared.table.lock().add_conn(conn_id, clone);
-        let conn = PeerConnection::new(
-            Arc::clone(&self.shared),
-            stream,
-            conn_id,
-            remote,
-            direction,
-            dial_addr,
-            waiter,
-        );
-        match spawn_named(name, self.shared.config.thread_stack_size, move || {
-            conn.run()
-        }) {
+        let links = &self.shared.links;
+        match spawn_named(name, links.config().thread_stack_size, f) {
             Ok(handle) => {
-                self.shared.table.lock().add_thread(handle);
+                links.add_thread(handle);
                 Ok(())
             }
             Err(e) => {
-                // The closure (and with it the socket) was dropped by the failed spawn.
-                self.shared.table.lock().remove_conn(conn_id);
+                // The closure (and with it the stream and its slot) was dropped by the
+                // failed spawn.
+                links.remove_conn(conn_id);
                 Err(e)
             }
         }
+    }
+}
+
+/// Unblocks `accept()` by connecting to our own listener, after the node was marked
+/// as stopping (tiny-http's trick).
+pub(crate) fn wake_acceptor(local: SocketAddr) {
+    let _ = TcpStream::connect_timeout(&wake_addr(local), Duration::from_secs(1));
+}
+
+/// Where to connect to reach our own listener (an unspecified bind IP is reached on
+/// loopback).
+fn wake_addr(local: SocketAddr) -> SocketAddr {
+    match local.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, local.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, local.port()).into(),
+        _ => local,
     }
 }

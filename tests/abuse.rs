@@ -116,7 +116,7 @@ fn slowloris_sockets_are_closed_and_a_legit_node_still_joins() {
 
     // Wait until the attack fills the pending slots, then join for real.
     assert!(
-        eventually(DEADLINE, || a.info().refused_connections > 0),
+        eventually(DEADLINE, || a.info().counters.refused_connections > 0),
         "the attack never reached the cap: {:?}",
         a.info()
     );
@@ -148,8 +148,8 @@ fn slowloris_sockets_are_closed_and_a_legit_node_still_joins() {
         still_open.len()
     );
     let info = a.info();
-    assert!(info.refused_connections > 0, "{info:?}");
-    assert!(info.handshakes_failed > 0, "{info:?}");
+    assert!(info.counters.refused_connections > 0, "{info:?}");
+    assert!(info.counters.handshakes_failed > 0, "{info:?}");
     assert!(
         eventually(DEADLINE, || {
             let i = a.info();
@@ -188,7 +188,7 @@ fn connection_flood_does_not_disturb_linked_peers_and_the_node_recovers() {
         flood.len()
     );
     assert!(
-        eventually(DEADLINE, || a.info().refused_connections > 0),
+        eventually(DEADLINE, || a.info().counters.refused_connections > 0),
         "{:?}",
         a.info()
     );
@@ -210,7 +210,7 @@ fn connection_flood_does_not_disturb_linked_peers_and_the_node_recovers() {
         .is_some());
 
     // The flood stops; a new node joins (retrying while the admitted sockets close).
-    let refused = a.info().refused_connections;
+    let refused = a.info().counters.refused_connections;
     flood.clear();
     let d = start_node(|c| c.auto_dial = false);
     join_with_retries(&d, &a);
@@ -270,7 +270,7 @@ fn inbound_cap_leaves_room_for_outbound_links_and_max_links_holds() {
     }
     assert_eq!(joined.len(), 4, "inbound links past the cap");
     assert_eq!(refused, 6);
-    assert_eq!(a.info().refused_links, 6, "{:?}", a.info());
+    assert_eq!(a.info().counters.refused_links, 6, "{:?}", a.info());
 
     // Outbound slots are still free: A dials two nodes...
     let x = start_node(|c| c.auto_dial = false);
@@ -285,7 +285,7 @@ fn inbound_cap_leaves_room_for_outbound_links_and_max_links_holds() {
         .expect_err("a link past max_links");
     assert!(matches!(e, Error::Handshake { .. }), "{e}");
     assert_eq!(a.peers().len(), 6);
-    assert_eq!(a.info().refused_links, 7);
+    assert_eq!(a.info().counters.refused_links, 7);
     for raw in joined.iter_mut() {
         assert!(raw.ping_pong(2));
     }
@@ -360,14 +360,14 @@ fn peer_that_never_reads_is_dropped_and_healthy_peers_get_every_broadcast() {
     };
     let mut sent = 0;
     let started = Instant::now();
-    while a.info().slow_peers_dropped == 0 && sent < MAX_BROADCASTS {
+    while a.info().counters.slow_peers_dropped == 0 && sent < MAX_BROADCASTS {
         broadcast_and_check(sent);
         sent += 1;
     }
     let elapsed = started.elapsed();
     let info = a.info();
     eprintln!("stuck peer dropped after {sent} broadcasts in {elapsed:?}: {info:?}");
-    assert_eq!(info.slow_peers_dropped, 1, "{info:?}");
+    assert_eq!(info.counters.slow_peers_dropped, 1, "{info:?}");
     assert!(!a.peer_ids().contains(&stuck_id));
     let down = a
         .wait_for(|ev| is_peer_down(ev, stuck_id))
@@ -391,7 +391,11 @@ fn peer_that_never_reads_is_dropped_and_healthy_peers_get_every_broadcast() {
         assert!(got.iter().all(|&n| n == 1), "{} got {got:?}", h.addr());
         assert!(h.is_linked_to(&a), "a healthy peer lost its link");
     }
-    assert_eq!(a.info().slow_peers_dropped, 1, "a healthy peer was dropped");
+    assert_eq!(
+        a.info().counters.slow_peers_dropped,
+        1,
+        "a healthy peer was dropped"
+    );
 
     // The stuck socket is closed: draining it ends in EOF or a reset.
     stop.store(true, Ordering::Relaxed);
@@ -426,7 +430,7 @@ fn app_broadcast_burst_does_not_drop_healthy_peers() {
     }
     let info = a.info();
     assert_eq!(
-        info.slow_peers_dropped, 0,
+        info.counters.slow_peers_dropped, 0,
         "healthy peers dropped: {info:?}"
     );
     for h in &healthy {
@@ -488,7 +492,7 @@ fn slow_application_slows_the_sender_and_loses_nothing() {
         max_seen >= 40,
         "the queue never filled (max {max_seen}): nothing was tested"
     );
-    assert_eq!(b.info().events_dropped, 0);
+    assert_eq!(b.info().counters.events_dropped, 0);
     assert!(
         a.is_linked_to(&b) && b.is_linked_to(&a),
         "the link survived"
@@ -522,9 +526,10 @@ fn application_that_stops_reading_loses_counted_messages_but_keeps_its_links() {
             .expect("send");
     }
     assert!(
-        eventually(Duration::from_secs(30), || b.info().events_dropped >= 30),
+        eventually(Duration::from_secs(30), || b.info().counters.events_dropped
+            >= 30),
         "dropped: {}",
-        b.info().events_dropped
+        b.info().counters.events_dropped
     );
     assert!(
         a.is_linked_to(&b) && b.is_linked_to(&a),
@@ -605,9 +610,9 @@ fn broadcast_storm_in_a_mesh_delivers_each_message_exactly_once() {
             "node {i} delivered its own broadcast"
         );
         let info = n.info();
-        assert_eq!(info.broadcasts_delivered, want as u64, "{info:?}");
+        assert_eq!(info.counters.broadcasts_delivered, want as u64, "{info:?}");
         assert!(
-            info.duplicates_dropped > 0,
+            info.counters.duplicates_dropped > 0,
             "a mesh has redundant paths: {info:?}"
         );
     }
@@ -641,7 +646,7 @@ fn small_seen_cache_stays_within_its_size() {
     }
     assert!(max_seen <= SIZE, "seen_ids reached {max_seen}");
     assert_eq!(a.info().seen_ids, SIZE);
-    assert_eq!(a.info().broadcasts_delivered, 300);
+    assert_eq!(a.info().counters.broadcasts_delivered, 300);
 }
 
 /// With a short time-to-live, remembered ids expire: after the TTL the next broadcast

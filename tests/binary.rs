@@ -338,14 +338,14 @@ impl NodeProc {
         }
     }
 
-    /// Runs `info` and returns its lines, from `id: ` to `dropped: `.
+    /// Runs `info` and returns its lines, from `id: ` to `counters: `.
     fn info(&mut self) -> Vec<String> {
         self.send_line("info");
         let mut lines = vec![self.expect_line("`id: `", |l| l.starts_with("id: "))];
         let mut more = Vec::new();
-        self.expect_line("`dropped: ` (last line of `info`)", |l| {
+        self.expect_line("`counters: ` (last line of `info`)", |l| {
             more.push(l.to_string());
-            l.starts_with("dropped: ")
+            l.starts_with("counters: ")
         });
         lines.extend(more);
         lines
@@ -356,8 +356,8 @@ impl NodeProc {
         let lines = self.info();
         let line = lines
             .iter()
-            .find(|l| l.starts_with("broadcasts: "))
-            .unwrap_or_else(|| self.fail(&format!("no `broadcasts:` line in {lines:?}")));
+            .find(|l| l.starts_with("counters: "))
+            .unwrap_or_else(|| self.fail(&format!("no `counters:` line in {lines:?}")));
         parse_broadcast_counters(line)
             .unwrap_or_else(|| self.fail(&format!("cannot read counters in {line:?}")))
     }
@@ -439,16 +439,19 @@ struct Counters {
     forwarded: u64,
 }
 
-/// `broadcasts: D delivered, U duplicates dropped, F frames forwarded`.
+/// The broadcast counters of `counters: name=value name=value ...`.
 fn parse_broadcast_counters(l: &str) -> Option<Counters> {
-    let rest = l.strip_prefix("broadcasts: ")?;
-    let mut parts = rest.split(", ");
-    let mut number =
-        |suffix: &str| -> Option<u64> { parts.next()?.strip_suffix(suffix)?.parse().ok() };
+    let rest = l.strip_prefix("counters: ")?;
+    let number = |name: &str| -> Option<u64> {
+        rest.split(' ')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))?
+            .parse()
+            .ok()
+    };
     Some(Counters {
-        delivered: number(" delivered")?,
-        duplicates: number(" duplicates dropped")?,
-        forwarded: number(" frames forwarded")?,
+        delivered: number("broadcasts_delivered")?,
+        duplicates: number("duplicates_dropped")?,
+        forwarded: number("frames_forwarded")?,
     })
 }
 

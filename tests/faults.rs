@@ -371,7 +371,7 @@ fn address_claim_is_refused_while_the_old_link_lives_then_replaces_it_when_stale
     }
     assert!(a.peer_ids().contains(&old_id), "a live link was pushed out");
     assert!(!a.peer_ids().contains(&b2.id()));
-    assert!(a.info().refused_links >= 3, "{:?}", a.info());
+    assert!(a.info().counters.refused_links >= 3, "{:?}", a.info());
 
     // The old node goes silent: after two heartbeats its link is stale.
     alive.store(false, Ordering::Relaxed);
@@ -411,7 +411,7 @@ fn connect_to_a_port_nobody_listens_on_fails_with_connect_error() {
         Err(Error::Connect { addr, .. }) => assert_eq!(addr, dead),
         other => panic!("expected Error::Connect, got {other:?}"),
     }
-    assert_eq!(a.info().dial_failures, 1);
+    assert_eq!(a.info().counters.dial_failures, 1);
     assert!(a.peers().is_empty());
     let k = a.known_addrs();
     let entry = k.iter().find(|k| k.addr == dead).expect("remembered");
@@ -456,7 +456,7 @@ fn dead_address_is_retried_with_exponential_backoff() {
             k + 1
         );
     }
-    assert!(a.info().dial_failures >= 3, "{:?}", a.info());
+    assert!(a.info().counters.dial_failures >= 3, "{:?}", a.info());
     assert!(a.peers().is_empty());
 }
 

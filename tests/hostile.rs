@@ -97,8 +97,8 @@ impl Fixture {
             "the node kept the connection open"
         );
         assert!(
-            eventually(DEADLINE, || self.a.info().handshakes_failed
-                == before.handshakes_failed + 1),
+            eventually(DEADLINE, || self.a.info().counters.handshakes_failed
+                == before.counters.handshakes_failed + 1),
             "handshakes_failed did not count it: {:?}",
             self.a.info()
         );
@@ -257,7 +257,7 @@ fn truncated_frame_then_close_before_join_is_a_failed_handshake() {
         .expect("half-close");
     assert!(raw2.closed_within(DEADLINE));
     assert!(
-        eventually(DEADLINE, || f.a.info().handshakes_failed == 2),
+        eventually(DEADLINE, || f.a.info().counters.handshakes_failed == 2),
         "{:?}",
         f.a.info()
     );
@@ -302,7 +302,7 @@ fn join_trickled_byte_by_byte_is_cut_at_the_handshake_deadline() {
         "cut off only after {:?}",
         started.elapsed()
     );
-    assert!(eventually(DEADLINE, || a.info().handshakes_failed == 1));
+    assert!(eventually(DEADLINE, || a.info().counters.handshakes_failed == 1));
     assert!(eventually(DEADLINE, || a.info().connections == 0));
     assert!(a.peers().is_empty());
 }
@@ -564,7 +564,7 @@ fn unknown_frame_types_are_ignored_and_the_link_stays_up() {
     );
     let f = fixture(|_| {});
     let mut raw = f.joined();
-    let before = f.a.info().frames_ignored;
+    let before = f.a.info().counters.frames_ignored;
     raw.send_bytes(&raw_frame(10, b"")).expect("send");
     raw.send_bytes(&raw_frame(200, b"from a future version"))
         .expect("send");
@@ -579,7 +579,12 @@ fn unknown_frame_types_are_ignored_and_the_link_stays_up() {
             .is_some(),
         "the frame after the unknown ones was lost"
     );
-    assert_eq!(f.a.info().frames_ignored, before + 3, "{:?}", f.a.info());
+    assert_eq!(
+        f.a.info().counters.frames_ignored,
+        before + 3,
+        "{:?}",
+        f.a.info()
+    );
     assert!(f.a.peer_ids().contains(&raw.id), "the link was closed");
     assert!(raw.ping_pong(42), "the link does not answer");
     f.assert_still_serving();
@@ -606,7 +611,7 @@ fn broadcasts_with_hop_count_0_or_above_the_limit_are_dropped() {
     let limit = 16;
     let f = fixture(|c| c.hop_limit = limit);
     let mut raw = f.joined();
-    let before = f.a.info().frames_ignored;
+    let before = f.a.info().counters.frames_ignored;
 
     raw.send(&broadcast_from(&raw, 1, 0, "zero hops"));
     raw.send(&broadcast_from(&raw, 2, limit + 1, "too many hops"));
@@ -628,7 +633,12 @@ fn broadcasts_with_hop_count_0_or_above_the_limit_are_dropped() {
             .collect();
         assert!(bad.is_empty(), "delivered or forwarded: {bad:?}");
     }
-    assert_eq!(f.a.info().frames_ignored, before + 3, "{:?}", f.a.info());
+    assert_eq!(
+        f.a.info().counters.frames_ignored,
+        before + 3,
+        "{:?}",
+        f.a.info()
+    );
     assert!(f.a.peer_ids().contains(&raw.id), "the link was closed");
     assert!(raw.ping_pong(5));
     f.assert_still_serving();
@@ -674,7 +684,7 @@ fn broadcast_at_the_hop_limit_is_delivered_but_not_forwarded() {
         !got.iter().any(|(t, _)| t == "last hop"),
         "forwarded past the hop limit: {got:?}"
     );
-    assert_eq!(f.a.info().frames_ignored, 0);
+    assert_eq!(f.a.info().counters.frames_ignored, 0);
     assert!(raw.ping_pong(6));
 }
 
@@ -706,7 +716,12 @@ fn replayed_and_self_originated_broadcasts_are_dropped_as_duplicates() {
             })
             .collect();
     assert_eq!(texts, ["once", "barrier"]);
-    assert_eq!(f.a.info().duplicates_dropped, 2, "{:?}", f.a.info());
+    assert_eq!(
+        f.a.info().counters.duplicates_dropped,
+        2,
+        "{:?}",
+        f.a.info()
+    );
     assert!(raw.ping_pong(8));
 }
 
@@ -771,7 +786,7 @@ fn peer_list_of_exactly_1000_entries_is_accepted_and_the_book_stays_capped() {
     assert!(raw.ping_pong(10));
     assert_eq!(f.a.known_addrs().len(), cap);
     assert_eq!(
-        f.a.info().dial_failures,
+        f.a.info().counters.dial_failures,
         0,
         "auto-dial is off: nothing dialled"
     );
@@ -817,7 +832,7 @@ fn absurd_peer_entries_are_never_learned_or_dialled() {
     }
     let info = f.a.info();
     assert_eq!(
-        info.dial_failures, 0,
+        info.counters.dial_failures, 0,
         "something was dialled and failed: {info:?}"
     );
     assert!(!f.a.peer_ids().contains(&f.a.id()), "linked to itself");

@@ -337,10 +337,10 @@ fn delta(before: &[NodeInfo], after: &[NodeInfo], field: impl Fn(&NodeInfo) -> u
 /// Every broadcast copy sent has been received: delivered or dropped as a duplicate.
 fn copies_all_arrived(nodes: &[TestNode]) -> bool {
     let i = infos(nodes);
-    let sent: u64 = i.iter().map(|i| i.broadcast_frames_sent).sum();
+    let sent: u64 = i.iter().map(|i| i.counters.broadcast_frames_sent).sum();
     let received: u64 = i
         .iter()
-        .map(|i| i.broadcasts_delivered + i.duplicates_dropped)
+        .map(|i| i.counters.broadcasts_delivered + i.counters.duplicates_dropped)
         .sum();
     sent == received
 }
@@ -379,7 +379,7 @@ fn a_duplicate_is_answered_with_prune_once() {
     let (prune, _) = raw.until(SOON, is_prune);
     assert!(prune.is_some(), "no PRUNE after a duplicate");
     assert!(
-        eventually(DEADLINE, || a.info().duplicates_dropped == 2),
+        eventually(DEADLINE, || a.info().counters.duplicates_dropped == 2),
         "two duplicates expected, info: {:?}",
         a.info()
     );
@@ -394,7 +394,7 @@ fn a_duplicate_is_answered_with_prune_once() {
     assert!(tally.until_all(&a, &text, DEADLINE), "never delivered");
     tally.drain(&a);
     assert_eq!(tally.count(&text[0]), 1, "delivered more than once");
-    assert_eq!(a.info().broadcasts_delivered, 1);
+    assert_eq!(a.info().counters.broadcasts_delivered, 1);
 }
 
 #[test]
@@ -526,9 +526,9 @@ fn with_several_origins_each_has_its_own_tree_and_nothing_waits_for_repair() {
         "copies still in flight"
     );
     let after = infos(&nodes);
-    let deliveries = delta(&before, &after, |i| i.broadcasts_delivered);
-    let copies = delta(&before, &after, |i| i.broadcast_frames_sent);
-    let grafts = delta(&before, &after, |i| i.grafts_sent);
+    let deliveries = delta(&before, &after, |i| i.counters.broadcasts_delivered);
+    let copies = delta(&before, &after, |i| i.counters.broadcast_frames_sent);
+    let grafts = delta(&before, &after, |i| i.counters.grafts_sent);
     eprintln!("several origins: {deliveries} deliveries, {copies} copies, {grafts} grafts");
     assert_eq!(deliveries, 40 * (n as u64 - 1));
     assert!(
@@ -584,8 +584,11 @@ fn an_announced_broadcast_that_never_arrives_is_grafted_from_the_announcer() {
     tally.drain(&a);
     assert_eq!(tally.count("repaired"), 1, "delivered more than once");
     let info = a.info();
-    assert_eq!(info.grafts_sent, 1, "one announcer, one ask: {info:?}");
-    assert_eq!(info.broadcasts_delivered, 1);
+    assert_eq!(
+        info.counters.grafts_sent, 1,
+        "one announcer, one ask: {info:?}"
+    );
+    assert_eq!(info.counters.broadcasts_delivered, 1);
 }
 
 #[test]
@@ -614,12 +617,12 @@ fn in_a_mesh_the_tree_forms_and_each_broadcast_costs_one_copy_per_node() {
     );
     let after = infos(&mesh);
 
-    let deliveries = delta(&before, &after, |i| i.broadcasts_delivered);
-    let copies = delta(&before, &after, |i| i.broadcast_frames_sent);
-    let dups = delta(&before, &after, |i| i.duplicates_dropped);
+    let deliveries = delta(&before, &after, |i| i.counters.broadcasts_delivered);
+    let copies = delta(&before, &after, |i| i.counters.broadcast_frames_sent);
+    let dups = delta(&before, &after, |i| i.counters.duplicates_dropped);
     eprintln!(
         "mesh: {deliveries} deliveries, {copies} copies, {dups} duplicates, {} grafts",
-        delta(&before, &after, |i| i.grafts_sent)
+        delta(&before, &after, |i| i.counters.grafts_sent)
     );
     assert_eq!(deliveries, 30 * (mesh.len() as u64 - 1));
     // A tree sends one copy per delivery; flooding a 6-node mesh about five.
@@ -664,7 +667,7 @@ fn the_tree_repairs_itself_when_an_inner_node_leaves() {
     let forwarded: Vec<u64> = forming
         .iter()
         .zip(&formed)
-        .map(|(b, a)| a.frames_forwarded - b.frames_forwarded)
+        .map(|(b, a)| a.counters.frames_forwarded - b.counters.frames_forwarded)
         .collect();
     let inner = (1..nodes.len())
         .max_by_key(|&i| forwarded[i])
@@ -707,11 +710,11 @@ fn the_tree_repairs_itself_when_an_inner_node_leaves() {
         before
             .iter()
             .zip(&after)
-            .map(|(b, a)| a.grafts_sent - b.grafts_sent)
+            .map(|(b, a)| a.counters.grafts_sent - b.counters.grafts_sent)
             .collect::<Vec<_>>()
     );
     assert!(
-        delta(&before, &after, |i| i.grafts_sent) > 0,
+        delta(&before, &after, |i| i.counters.grafts_sent) > 0,
         "the orphans got the broadcasts without grafting"
     );
 }
@@ -779,7 +782,7 @@ fn announcements_of_made_up_ids_cost_bounded_work() {
         let t = Instant::now();
         let info = a.info();
         slowest_info = slowest_info.max(t.elapsed());
-        info.grafts_sent > 0
+        info.counters.grafts_sent > 0
     });
     assert!(asked, "A never asked for an announced broadcast");
     a.broadcast_data("A still broadcasts")
@@ -818,7 +821,7 @@ fn announcements_of_made_up_ids_cost_bounded_work() {
     let raw_alive = a.peer_ids().contains(&raw.id);
     let mut last = (u64::MAX, Instant::now());
     let settled = eventually(Duration::from_secs(5), || {
-        let counted = a.info().grafts_sent;
+        let counted = a.info().counters.grafts_sent;
         if counted != last.0 {
             last = (counted, Instant::now());
         }
@@ -828,7 +831,7 @@ fn announcements_of_made_up_ids_cost_bounded_work() {
         assert!(
             settled,
             "A's GRAFTs did not stop: {} ids counted, {} read",
-            a.info().grafts_sent,
+            a.info().counters.grafts_sent,
             asked_so_far.load(Ordering::Relaxed)
         );
     }
@@ -837,7 +840,7 @@ fn announcements_of_made_up_ids_cost_bounded_work() {
         .recv_timeout(DEADLINE)
         .expect("the raw reader ends once its socket is shut");
     // Counted before queued: every id the reader saw is in the count.
-    let grafts = a.info().grafts_sent;
+    let grafts = a.info().counters.grafts_sent;
     eprintln!(
         "{} ids announced, {grafts} asked for ({} GRAFT ids read, settled: {settled}), \
          slowest info() {slowest_info:?}",

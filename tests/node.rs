@@ -167,9 +167,12 @@ fn broadcast_over_a_line_reaches_every_node_once_with_hop_counts() {
     for (i, node) in line.iter().enumerate() {
         let info = node.info();
         let expected = if i == 0 || i == 2 { 1 } else { 2 };
-        assert_eq!(info.broadcasts_delivered, expected, "node {i}");
+        assert_eq!(info.counters.broadcasts_delivered, expected, "node {i}");
         // A line has no second path: a copy sent back the way it came would show here.
-        assert_eq!(info.duplicates_dropped, 0, "node {i} saw a duplicate");
+        assert_eq!(
+            info.counters.duplicates_dropped, 0,
+            "node {i} saw a duplicate"
+        );
     }
 }
 
@@ -193,14 +196,14 @@ fn broadcast_in_a_full_mesh_is_delivered_once_and_duplicates_dropped() {
 
     let infos: Vec<_> = mesh.iter().map(|n| n.info()).collect();
     for (i, info) in infos.iter().enumerate().skip(1) {
-        assert_eq!(info.broadcasts_delivered, 1, "node {i}");
+        assert_eq!(info.counters.broadcasts_delivered, 1, "node {i}");
     }
     assert_eq!(
-        infos[0].broadcasts_delivered, 0,
+        infos[0].counters.broadcasts_delivered, 0,
         "the origin delivers nothing"
     );
-    let dropped: u64 = infos.iter().map(|i| i.duplicates_dropped).sum();
-    let forwarded: u64 = infos.iter().map(|i| i.frames_forwarded).sum();
+    let dropped: u64 = infos.iter().map(|i| i.counters.duplicates_dropped).sum();
+    let forwarded: u64 = infos.iter().map(|i| i.counters.frames_forwarded).sum();
     assert!(dropped > 0, "a mesh must produce duplicates to suppress");
     // Each of the 4 receivers delivered one copy; every other copy (4 direct + all
     // forwarded) must have been dropped.
@@ -415,5 +418,5 @@ fn full_node_refers_joiners_elsewhere() {
         c.known_addrs()
     );
     assert_eq!(seed.peers().len(), 1, "the cap held");
-    assert!(seed.info().refused_links >= 1);
+    assert!(seed.info().counters.refused_links >= 1);
 }

@@ -4,9 +4,9 @@
 //!   other node's consumer has taken it off its event queue, then sends the next one.
 //!   The latency of one broadcast is from just before `broadcast_data` to the *last*
 //!   node's delivery. Copies per delivery = broadcast frames every node queued
-//!   (`info().broadcast_frames_sent` summed, the origin's included) / deliveries; a
+//!   (`info().counters.broadcast_frames_sent` summed, the origin's included) / deliveries; a
 //!   spanning tree is 1.0, flooding about the mean link count. The duplicates the nodes
-//!   dropped (`info().duplicates_dropped`) are checked against that: copies sent =
+//!   dropped (`info().counters.duplicates_dropped`) are checked against that: copies sent =
 //!   deliveries + duplicates dropped when nothing is lost. Before the next broadcast
 //!   the bench waits until that balance holds (the flood's duplicate tail is over), so
 //!   every broadcast starts on a quiet overlay.

@@ -135,7 +135,7 @@ const STALL: Duration = Duration::from_secs(5);
 fn node_run(a: &Node, b: &Node, size: usize, count: usize, timeout: Duration) -> NodeRun {
     let events = b.events();
     while events.try_recv().is_ok() {} // PeerUp and leftovers
-    let dropped_before = b.info().events_dropped;
+    let dropped_before = b.info().counters.events_dropped;
     let deadline = Instant::now() + timeout;
     let consumer = spawn("link-rx", move || {
         let (mut got, mut last) = (0, None);
@@ -197,7 +197,7 @@ fn node_run(a: &Node, b: &Node, size: usize, count: usize, timeout: Duration) ->
         format!(
             "{why}: {got}/{count} delivered in {:.2} s{}{}",
             last.map_or(0.0, |t| (t - start).as_secs_f64()),
-            match b.info().events_dropped - dropped_before {
+            match b.info().counters.events_dropped - dropped_before {
                 0 => String::new(),
                 n => format!(", {n} events dropped by B"),
             },

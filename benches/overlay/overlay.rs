@@ -264,13 +264,13 @@ impl Overlay {
         let mut c = Counters::default();
         for n in &self.nodes {
             let i = n.info();
-            c.frames_forwarded += i.frames_forwarded;
-            c.broadcast_frames_sent += i.broadcast_frames_sent;
-            c.grafts_sent += i.grafts_sent;
-            c.duplicates_dropped += i.duplicates_dropped;
-            c.broadcasts_delivered += i.broadcasts_delivered;
-            c.slow_peers_dropped += i.slow_peers_dropped;
-            c.events_dropped += i.events_dropped;
+            c.frames_forwarded += i.counters.frames_forwarded;
+            c.broadcast_frames_sent += i.counters.broadcast_frames_sent;
+            c.grafts_sent += i.counters.grafts_sent;
+            c.duplicates_dropped += i.counters.duplicates_dropped;
+            c.broadcasts_delivered += i.counters.broadcasts_delivered;
+            c.slow_peers_dropped += i.counters.slow_peers_dropped;
+            c.events_dropped += i.counters.events_dropped;
         }
         c
     }

@@ -221,9 +221,9 @@ pub fn is_broadcast_of(ev: &Event, text: &str) -> bool {
 }
 
 /// The reason of a `PeerDown` event.
-pub fn down_reason(ev: &Event) -> &str {
+pub fn down_reason(ev: &Event) -> String {
     match ev {
-        Event::PeerDown { reason, .. } => reason,
+        Event::PeerDown { reason, .. } => reason.to_string(),
         other => panic!("expected PeerDown, got {other:?}"),
     }
 }

@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::peer_cache::CachedAddr;
+use crate::state::peer_cache::CachedAddr;
 
 /// Consecutive failures after which an address is forgotten.
 pub const MAX_FAILURES: u32 = 8;
@@ -73,6 +73,11 @@ impl AddrBook {
     pub(crate) fn add_own(&mut self, addr: SocketAddr) {
         self.map.remove(&addr);
         self.own.insert(addr);
+    }
+
+    /// Stops treating `addr` as our own (an adopted observed address was replaced).
+    pub(crate) fn remove_own(&mut self, addr: &SocketAddr) {
+        self.own.remove(addr);
     }
 
     pub(crate) fn is_own(&self, addr: &SocketAddr) -> bool {

@@ -25,13 +25,14 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
-use socket2::Socket;
+
+use super::WriteHalf;
 
 /// Coalesced chunks grow up to this size; it is also the most the writer sends with
 /// one call before it looks at the control queue again.
@@ -127,7 +128,7 @@ pub(crate) struct Outbox {
     work: Condvar,
     /// Callers wait here for room in a full data queue.
     room: Condvar,
-    socket: Socket,
+    writer: WriteHalf,
     /// Most data frames queued (`Config::queue_len`).
     capacity: usize,
     /// Milliseconds since `epoch` when the writer thread started its current blocking
@@ -137,14 +138,14 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
-    /// An outbox writing to `stream` (a clone of the link's socket), holding at most
+    /// An outbox writing to `writer` (the link stream's write half), holding at most
     /// `capacity` data frames.
-    pub(crate) fn new(stream: TcpStream, capacity: usize, epoch: Instant) -> Outbox {
+    pub(crate) fn new(writer: WriteHalf, capacity: usize, epoch: Instant) -> Outbox {
         Outbox {
             state: Mutex::new(State::default()),
             work: Condvar::new(),
             room: Condvar::new(),
-            socket: Socket::from(stream),
+            writer,
             capacity: capacity.max(1),
             writing_since_ms: AtomicU64::new(WRITER_IDLE),
             epoch,
@@ -257,7 +258,7 @@ impl Outbox {
         } else {
             Shutdown::Both
         };
-        let _ = self.socket.shutdown(how);
+        self.writer.shutdown(how);
     }
 
     fn write_until_closed(&self) -> io::Result<()> {
@@ -292,7 +293,7 @@ impl Outbox {
                 .store(self.now_ms(), Ordering::Relaxed);
             let mut result = Ok(());
             for f in &batch {
-                result = self.send_all(f.bytes());
+                result = self.writer.send_all(f.bytes());
                 if result.is_err() {
                     break;
                 }
@@ -304,24 +305,11 @@ impl Outbox {
         }
     }
 
-    /// Blocking send of all of `buf`.
-    fn send_all(&self, mut buf: &[u8]) -> io::Result<()> {
-        while !buf.is_empty() {
-            match self.socket.send_with_flags(buf, SEND_FLAGS) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => buf = &buf[n..],
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
     /// Sends `bytes` from the caller's thread if the link is idle and not streaming.
     fn try_direct<'a>(&'a self, mut st: MutexGuard<'a, State>, bytes: &[u8]) -> Direct<'a> {
-        let Some(flags) = DIRECT_FLAGS else {
+        if !self.writer.can_try_send() {
             return Direct::Declined(st);
-        };
+        }
         if st.writing || st.closing || !st.idle() {
             return Direct::Declined(st);
         }
@@ -335,15 +323,9 @@ impl Outbox {
         st.last_direct = Some(now);
         st.writing = true;
         drop(st);
-        let sent = loop {
-            match self.socket.send_with_flags(bytes, flags) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // WouldBlock (socket buffer full) or a failed socket: the writer thread
-                // takes the frame and meets the error itself, so one path handles it.
-                Err(_) => break 0,
-            }
-        };
+        // A full socket buffer sends 0; a failed socket too: the writer thread takes
+        // the frame and meets the error itself, so one path handles it.
+        let sent = self.writer.try_send(bytes).unwrap_or(0);
         let mut st = self.state.lock();
         st.writing = false;
         if sent < bytes.len() {
@@ -430,25 +412,12 @@ fn take_batch(st: &mut State, batch: &mut Vec<Frame>) {
     }
 }
 
-/// Flags for the writer's blocking sends: no SIGPIPE from a peer that hung up (std's
-/// own `TcpStream::write` does the same).
-#[cfg(any(target_os = "linux", target_os = "android"))]
-const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-const SEND_FLAGS: std::ffi::c_int = 0;
-
-/// Flags for a direct send: as above, and never block. Where the platform cannot
-/// send without blocking on a blocking socket, every frame goes through the writer.
-#[cfg(any(target_os = "linux", target_os = "android"))]
-const DIRECT_FLAGS: Option<libc::c_int> = Some(libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT);
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-const DIRECT_FLAGS: Option<std::ffi::c_int> = None;
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::Stream;
     use std::io::Read;
-    use std::net::TcpListener;
+    use std::net::{TcpListener, TcpStream};
     use std::thread;
 
     /// An outbox on one end of a real loopback connection, its writer thread running,
@@ -457,7 +426,11 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         let a = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
         let (b, _) = l.accept().expect("accept");
-        let out = Arc::new(Outbox::new(a, capacity, Instant::now()));
+        let out = Arc::new(Outbox::new(
+            Stream::tcp(a).writer(),
+            capacity,
+            Instant::now(),
+        ));
         let w = {
             let out = Arc::clone(&out);
             thread::spawn(move || out.run_writer())
@@ -563,7 +536,7 @@ mod tests {
         }
         assert!(results.contains(&Push::Full), "{results:?}");
         // Shut the socket as close_link would: the writer stops, pushes are refused.
-        let _ = out.socket.shutdown(Shutdown::Both);
+        out.writer.shutdown(Shutdown::Both);
         w.join().expect("writer");
         let p = out.push_data(
             Frame::Owned(vec![1]),
@@ -600,7 +573,7 @@ mod tests {
         if p == Push::Full {
             assert!(started.elapsed() < Duration::from_secs(10));
         }
-        let _ = out.socket.shutdown(Shutdown::Both);
+        out.writer.shutdown(Shutdown::Both);
         w.join().expect("writer");
         drop(b);
     }

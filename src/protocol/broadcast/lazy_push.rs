@@ -37,20 +37,19 @@
 //! it into a tree. Delivery stays exactly once (the seen cache), and reaches every node
 //! of a connected overlay: if a tree link is lost, lazy neighbours still announce.
 //!
-//! The maintenance thread runs [`due`] whenever the next flush or graft is due;
-//! reader threads wake it through a `bounded(1)` channel when they schedule one.
+//! This file holds the tree's state: what each link carries ([`LinkTree`]), the
+//! broadcasts kept to answer GRAFTs, and the ones announced but missing. The handlers
+//! that act on it, and the timed part the maintenance thread runs, are in the parent
+//! module (`protocol/broadcast/mod.rs`).
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
-use crate::node::{Queued, Shared};
-use crate::p2p_message::{Announcement, BroadcastId, NodeId, P2PMessage, MAX_IDS_PER_MESSAGE};
-use crate::peer_table::Link;
+use crate::p2p_message::{Announcement, BroadcastId, NodeId};
 
 /// How long announcements are collected before they are sent: one IHAVE per lazy link
 /// per interval, however many broadcasts it names. Announcements only matter when the
@@ -239,6 +238,16 @@ impl LinkTree {
     pub(crate) fn graft(&mut self, origin: NodeId) -> bool {
         self.pruned_for.remove(&origin)
     }
+
+    /// Queues an announcement for the next IHAVE on this link.
+    pub(crate) fn announce(&mut self, a: Announcement) {
+        self.announce.push(a);
+    }
+
+    /// The announcements collected since the last IHAVE.
+    pub(crate) fn take_announcements(&mut self) -> Vec<Announcement> {
+        std::mem::take(&mut self.announce)
+    }
 }
 
 fn insert_bounded(set: &mut HashSet<NodeId>, origin: NodeId) -> bool {
@@ -248,28 +257,23 @@ fn insert_bounded(set: &mut HashSet<NodeId>, origin: NodeId) -> bool {
     set.insert(origin)
 }
 
-/// The node's lazy-push state; see the module docs.
+/// The node's lazy-push state; see the module docs. Three locks, never two held at
+/// once: each method takes one, updates, and lets it go.
+#[derive(Default)]
 pub(crate) struct LazyPush {
     store: Mutex<Store>,
     wanted: Mutex<Wanted>,
     /// When announcements are next sent; `None` while none wait.
     flush_at: Mutex<Option<Instant>>,
-    kick: Sender<()>,
+}
+
+/// GRAFTs that are due, by the peer to ask, and when the next ones are.
+pub(crate) struct DueGrafts {
+    pub asks: HashMap<NodeId, Vec<BroadcastId>>,
+    pub next: Option<Instant>,
 }
 
 impl LazyPush {
-    /// The state, and the receiver the maintenance thread waits on.
-    pub(crate) fn new() -> (LazyPush, Receiver<()>) {
-        let (kick, rx) = crossbeam_channel::bounded(1);
-        let lazy = LazyPush {
-            store: Mutex::new(Store::default()),
-            wanted: Mutex::new(Wanted::default()),
-            flush_at: Mutex::new(None),
-            kick,
-        };
-        (lazy, rx)
-    }
-
     /// Notes that `id` arrived `hops` hops from its origin via `parent` (`None`: our
     /// own): it is no longer missing, and its origin's broadcasts are flowing. `frame`
     /// (hop count already advanced) is kept to answer GRAFTs; `None` when the hop
@@ -309,33 +313,50 @@ impl LazyPush {
         })
     }
 
-    /// Queues an announcement of `id` (which arrived here in `hops` hops) on a lazy
-    /// link; it goes out with the next flush.
-    pub(crate) fn announce(&self, tree: &mut LinkTree, id: BroadcastId, hops: u8) {
-        tree.announce.push(Announcement { id, hops });
+    /// Announcements were queued on some link: the next flush is due in
+    /// [`LAZY_INTERVAL`] unless one is scheduled already. Returns whether this call
+    /// scheduled it (the maintenance thread then needs waking).
+    pub(crate) fn schedule_flush(&self) -> bool {
         let mut at = self.flush_at.lock();
-        if at.is_none() {
-            *at = Some(Instant::now() + LAZY_INTERVAL);
-            let _ = self.kick.try_send(());
+        if at.is_some() {
+            return false;
         }
+        *at = Some(Instant::now() + LAZY_INTERVAL);
+        true
     }
 
-    /// Handles an IHAVE; `have[i]` says whether we already have `ids[i]`. Ids we lack
-    /// are asked for after [`GRAFT_TIMEOUT`] unless the tree brings them first.
-    /// Returns, one per origin, the ids we have for which the announcer is two or
-    /// more hops nearer the origin than our parent: worth grafting.
+    /// Whether the flush is due at `now`; if so it is unscheduled.
+    pub(crate) fn take_flush_due(&self, now: Instant) -> bool {
+        let mut at = self.flush_at.lock();
+        let due = at.is_some_and(|t| t <= now);
+        if due {
+            *at = None;
+        }
+        due
+    }
+
+    /// When the next flush is due, if one is scheduled.
+    pub(crate) fn next_flush(&self) -> Option<Instant> {
+        *self.flush_at.lock()
+    }
+
+    /// Handles an IHAVE from `from`; `have[i]` says whether we already have `ids[i]`.
+    /// Ids we lack are asked for after [`GRAFT_TIMEOUT`] unless the tree brings them
+    /// first (the second value: whether such an ask was scheduled, so maintenance
+    /// needs waking). Returns, one per origin, the ids we have for which the announcer
+    /// is two or more hops nearer the origin than our parent: worth grafting.
     pub(crate) fn announced(
         &self,
-        from: &Link,
+        from: NodeId,
         ids: &[Announcement],
         have: &[bool],
-    ) -> Vec<BroadcastId> {
+    ) -> (Vec<BroadcastId>, bool) {
         let mut nearer: Vec<BroadcastId> = Vec::new();
         {
             let store = self.store.lock();
             for (a, _) in ids.iter().zip(have).filter(|(_, &have)| have) {
                 if !nearer.iter().any(|n| n.0 == a.id.0)
-                    && store.is_better_path(&a.id, from.node_id, a.hops.saturating_add(1), 2)
+                    && store.is_better_path(&a.id, from, a.hops.saturating_add(1), 2)
                 {
                     nearer.push(a.id);
                 }
@@ -348,33 +369,28 @@ impl LazyPush {
         let Wanted { missing, owned, .. } = &mut *wanted;
         for (&Announcement { id, .. }, _) in ids.iter().zip(have).filter(|(_, &have)| !have) {
             let len = missing.len();
-            let mine = owned.get(&from.node_id).copied().unwrap_or(0);
+            let mine = owned.get(&from).copied().unwrap_or(0);
             match missing.entry(id) {
                 Entry::Occupied(mut e) => {
                     let m = e.get_mut();
-                    if m.announcers.len() < MAX_ANNOUNCERS && !m.announcers.contains(&from.node_id)
-                    {
-                        m.announcers.push_back(from.node_id);
+                    if m.announcers.len() < MAX_ANNOUNCERS && !m.announcers.contains(&from) {
+                        m.announcers.push_back(from);
                     }
                 }
                 Entry::Vacant(e) if len < MISSING_CAP && mine < MISSING_PER_PEER => {
                     e.insert(Missing {
                         ask_at,
                         since: now,
-                        owner: from.node_id,
-                        announcers: VecDeque::from([from.node_id]),
+                        owner: from,
+                        announcers: VecDeque::from([from]),
                     });
-                    *owned.entry(from.node_id).or_default() += 1;
+                    *owned.entry(from).or_default() += 1;
                     added = true;
                 }
                 Entry::Vacant(_) => {}
             }
         }
-        drop(wanted);
-        if added {
-            let _ = self.kick.try_send(());
-        }
-        nearer
+        (nearer, added)
     }
 
     /// The frames of `ids` we still have, for a GRAFT.
@@ -389,44 +405,14 @@ impl LazyPush {
     pub(crate) fn stored(&self) -> usize {
         self.store.lock().kept.len()
     }
-}
 
-/// Sends the announcements and GRAFTs that are due; returns when the next ones are.
-/// Run by the maintenance thread.
-pub(crate) fn due(shared: &Shared, now: Instant) -> Option<Instant> {
-    let lazy = &shared.lazy;
-    let flush_now = {
-        let mut at = lazy.flush_at.lock();
-        let due = at.is_some_and(|t| t <= now);
-        if due {
-            *at = None;
-        }
-        due
-    };
-    if flush_now {
-        flush(shared);
-    }
-    let next_flush = *lazy.flush_at.lock();
-    let next_graft = graft_due(shared, now);
-    [next_flush, next_graft].into_iter().flatten().min()
-}
-
-/// Sends every lazy link the ids collected for it.
-fn flush(shared: &Shared) {
-    let links = shared.table.lock().links();
-    for link in links {
-        let ids = std::mem::take(&mut link.tree.lock().announce);
-        send_chunked(shared, &link, &ids, |ids| P2PMessage::IHave { ids });
-    }
-}
-
-/// Asks an announcer for each broadcast that is still missing after its timeout (which
-/// also has it send that origin's broadcasts again). Returns when the next ask is due.
-fn graft_due(shared: &Shared, now: Instant) -> Option<Instant> {
-    let mut asks: HashMap<NodeId, Vec<BroadcastId>> = HashMap::new();
-    let mut next: Option<Instant> = None;
-    {
-        let mut wanted = shared.lazy.wanted.lock();
+    /// Picks, for each broadcast still missing after its timeout, the next announcer
+    /// to ask (asking it also has it send that origin's broadcasts again), and says
+    /// when the next ask is due. Entries whose announcers were all asked are dropped.
+    pub(crate) fn take_due_grafts(&self, now: Instant) -> DueGrafts {
+        let mut asks: HashMap<NodeId, Vec<BroadcastId>> = HashMap::new();
+        let mut next: Option<Instant> = None;
+        let mut wanted = self.wanted.lock();
         let Wanted {
             missing,
             owned,
@@ -460,39 +446,8 @@ fn graft_due(shared: &Shared, now: Instant) -> Option<Instant> {
             next = Some(next.map_or(m.ask_at, |n| n.min(m.ask_at)));
             true
         });
+        DueGrafts { asks, next }
     }
-    for (peer, ids) in asks {
-        let Some(link) = shared.table.lock().get(peer) else {
-            continue;
-        };
-        {
-            let mut tree = link.tree.lock();
-            for id in &ids {
-                tree.graft(id.0);
-            }
-        }
-        let asked = send_chunked(shared, &link, &ids, |ids| P2PMessage::Graft { ids });
-        shared.count_grafts(asked);
-    }
-    next
-}
-
-/// Queues `items` on `link` as control frames of at most [`MAX_IDS_PER_MESSAGE`]
-/// entries each; returns how many entries were queued (it stops at a refusal).
-fn send_chunked<T: Clone>(
-    shared: &Shared,
-    link: &Link,
-    items: &[T],
-    message: impl Fn(Vec<T>) -> P2PMessage,
-) -> usize {
-    let mut queued = 0;
-    for chunk in items.chunks(MAX_IDS_PER_MESSAGE) {
-        if shared.queue_control(link, &message(chunk.to_vec()).encode()) != Queued::Yes {
-            break;
-        }
-        queued += chunk.len();
-    }
-    queued
 }
 
 #[cfg(test)]

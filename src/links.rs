@@ -1,0 +1,810 @@
+//! `Links`: the link manager. It owns the peer table and every open connection, and
+//! holds the policy for what happens to a link from registration to close:
+//! registering (the C++ `handleJoin`, which the original never called), queueing and
+//! backpressure, telling the application (events), closing, and retiring duplicates.
+//!
+//! Protocols get a `&Links` and nothing more: they look links up, queue frames and
+//! deliver events through it, and never see the node as a whole.
+//!
+//! Locks: one, `registry` (the peer table, open connections, connection threads,
+//! dials in progress, retiring duplicates). Every method takes it, copies or updates,
+//! and lets it go before any socket call, blocking queue push or thread join. Each
+//! link's `Outbox` has a lock of its own, taken only after `registry` was released
+//! (queueing a frame) or inside the outbox alone: the order, when both are involved,
+//! is never `registry` -> outbox.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use parking_lot::{Condvar, Mutex};
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::error::{Error, HandshakeError};
+use crate::event::{Direction, DownReason, Event, PeerInfo};
+use crate::p2p_message::{NodeId, P2PMessage};
+use crate::state::peer_table::{Insert, Limits, Peer, PeerTable};
+use crate::state::stats::{self, Stats};
+use crate::transport::outbox::{Frame, Outbox, Push};
+use crate::transport::Closer;
+
+/// How long a relay waits for room in a neighbour's full queue before dropping it.
+/// The relay's reader (and so what it forwards to others) waits meanwhile, but only
+/// until the stall rule recognises a peer that stopped reading.
+pub(crate) const RELAY_WAIT: Duration = Duration::from_millis(200);
+
+/// The longest a reader waits for the application to make room for one message
+/// (never more than half the peer timeout); see [`Links::deliver`].
+const EVENT_WAIT: Duration = Duration::from_secs(1);
+
+/// How long a connection that lost to a duplicate stays open for reading before we
+/// half-close it: the peer may still be finishing the handshake of the winner, and
+/// closing the loser first would make it report the link down and up again.
+const DUPLICATE_LINGER: Duration = Duration::from_secs(1);
+
+/// How long `stop` lets links close gracefully (LEAVE flushed, peer hangs up) before it
+/// shuts every socket down.
+const GRACEFUL_CLOSE: Duration = Duration::from_millis(300);
+
+/// Marks an RTT that has not been measured yet.
+const NO_RTT: u64 = u64::MAX;
+
+/// A live link: identity, outbound queue, and the counters the reader and the
+/// maintenance thread update without a lock.
+pub(crate) struct Link {
+    conn_id: u64,
+    node_id: NodeId,
+    /// The peer's listen address.
+    addr: SocketAddr,
+    direction: Direction,
+    /// The dialler's id and source port: orders duplicate connections.
+    dial_key: (NodeId, u16),
+    /// Outbound frames and the stream's write half.
+    outbox: Arc<Outbox>,
+    /// Shuts the stream down from any thread.
+    closer: Closer,
+    connected_at: Instant,
+    /// Milliseconds since the node's epoch when a frame last arrived.
+    last_seen_ms: AtomicU64,
+    /// Milliseconds since the node's epoch when the last PING was queued.
+    last_ping_ms: AtomicU64,
+    /// Last measured round trip in microseconds, or `NO_RTT`.
+    rtt_us: AtomicU64,
+}
+
+/// Who a link is, as the handshake found it.
+pub(crate) struct LinkId {
+    pub conn_id: u64,
+    pub node_id: NodeId,
+    /// The peer's listen address.
+    pub addr: SocketAddr,
+    pub direction: Direction,
+    pub dial_key: (NodeId, u16),
+}
+
+impl Link {
+    pub(crate) fn new(id: LinkId, outbox: Arc<Outbox>, closer: Closer, now_ms: u64) -> Link {
+        Link {
+            conn_id: id.conn_id,
+            node_id: id.node_id,
+            addr: id.addr,
+            direction: id.direction,
+            dial_key: id.dial_key,
+            outbox,
+            closer,
+            connected_at: Instant::now(),
+            last_seen_ms: AtomicU64::new(now_ms),
+            last_ping_ms: AtomicU64::new(now_ms),
+            rtt_us: AtomicU64::new(NO_RTT),
+        }
+    }
+
+    pub(crate) fn conn_id(&self) -> u64 {
+        self.conn_id
+    }
+
+    pub(crate) fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The peer's listen address: what a user can dial.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A frame arrived (or the reader was kept waiting by the application, which is
+    /// not the peer's silence).
+    pub(crate) fn heard_from(&self, now_ms: u64) {
+        self.last_seen_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// Milliseconds since a frame last arrived.
+    pub(crate) fn silent_ms(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.last_seen_ms.load(Ordering::Relaxed))
+    }
+
+    /// Whether the link is due a PING (none for `interval_ms`); if so, records that
+    /// one is sent now.
+    pub(crate) fn ping_due(&self, now_ms: u64, interval_ms: u64) -> bool {
+        if now_ms.saturating_sub(self.last_ping_ms.load(Ordering::Relaxed)) < interval_ms {
+            return false;
+        }
+        self.last_ping_ms.store(now_ms, Ordering::Relaxed);
+        true
+    }
+
+    pub(crate) fn set_rtt(&self, rtt: Duration) {
+        let us = u64::try_from(rtt.as_micros()).unwrap_or(NO_RTT - 1);
+        self.rtt_us.store(us, Ordering::Relaxed);
+    }
+
+    /// The writer thread's body; see [`Outbox::run_writer`].
+    pub(crate) fn run_writer(&self) {
+        self.outbox.run_writer()
+    }
+
+    /// Lets the writer send what is queued, half-close and stop.
+    pub(crate) fn close_outbox(&self) {
+        self.outbox.close()
+    }
+
+    pub(crate) fn info(&self) -> PeerInfo {
+        let rtt = match self.rtt_us.load(Ordering::Relaxed) {
+            NO_RTT => None,
+            us => Some(Duration::from_micros(us)),
+        };
+        PeerInfo {
+            node_id: self.node_id,
+            addr: self.addr,
+            direction: self.direction,
+            rtt,
+            connected_for: self.connected_at.elapsed(),
+        }
+    }
+
+    /// Queues LEAVE and closes, so the writer flushes what is queued, says goodbye and
+    /// half-closes; a link whose queue is full is shut down instead.
+    fn send_leave(&self) {
+        if !self.outbox.leave(P2PMessage::Leave.encode()) {
+            self.closer.shutdown();
+        }
+    }
+}
+
+impl Peer for Link {
+    fn conn_id(&self) -> u64 {
+        self.conn_id
+    }
+    fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    fn direction(&self) -> Direction {
+        self.direction
+    }
+    fn dial_key(&self) -> (NodeId, u16) {
+        self.dial_key
+    }
+    fn last_seen_ms(&self) -> u64 {
+        self.last_seen_ms.load(Ordering::Relaxed)
+    }
+}
+
+/// What queueing a frame did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Queued {
+    Yes,
+    /// The queue was full: the peer was dropped as too slow.
+    PeerDropped,
+    /// The link is closing (its writer is gone); nothing to do.
+    LinkClosing,
+}
+
+/// What [`Links::register`] decided for a connection that completed its handshake.
+pub(crate) enum Register {
+    Linked,
+    /// Another connection to the same node wins; this one is retired.
+    Duplicate(Arc<Link>),
+    Refused(HandshakeError),
+}
+
+/// What [`Links::claim_dial`] found.
+pub(crate) enum DialClaim {
+    /// The caller dials; it calls [`Links::end_dial`] when the dial is over.
+    Mine,
+    /// A dial is running already; the receiver disconnects when it ends.
+    Busy(Receiver<()>),
+}
+
+/// An accepted connection's place among the pending handshakes; dropping it frees the
+/// place.
+pub(crate) struct PendingSlot {
+    pending: Arc<AtomicUsize>,
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        self.pending.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A connection that lost the one-link-per-pair rule. It is no longer a link (nothing
+/// new is queued on it), but its reader keeps delivering what the peer already sent
+/// until the peer closes it, so a message sent during a simultaneous dial is never
+/// lost. The maintenance thread enforces the two deadlines.
+struct Retiring {
+    conn_id: u64,
+    closer: Closer,
+    /// Its outbox, if it has a writer: at `half_close_at` the writer is told to flush
+    /// and half-close, so nothing already queued is cut off.
+    outbox: Option<Arc<Outbox>>,
+    /// When to half-close it.
+    half_close_at: Option<Instant>,
+    /// When to shut it down whatever the peer does.
+    give_up_at: Instant,
+}
+
+/// Everything behind the one lock.
+#[derive(Default)]
+struct Registry {
+    table: PeerTable<Link>,
+    /// Every open connection, handshaking or linked, to shut it down on stop.
+    conns: HashMap<u64, Closer>,
+    /// Connection threads (each joins its own writer); reaped by maintenance.
+    threads: Vec<JoinHandle<()>>,
+    /// Addresses with a dial in progress, each with whoever waits for it to end.
+    dialing: HashMap<SocketAddr, Vec<Sender<()>>>,
+    /// Duplicate connections being wound down.
+    retiring: Vec<Retiring>,
+}
+
+/// Counts for `info`.
+pub(crate) struct LinkCounts {
+    pub links: usize,
+    pub dialing: usize,
+    pub connections: usize,
+    pub pending_handshakes: usize,
+}
+
+/// The link manager; see the module docs.
+pub(crate) struct Links {
+    config: Arc<Config>,
+    clock: Clock,
+    running: AtomicBool,
+    registry: Mutex<Registry>,
+    /// Signalled whenever a connection ends, for `stop`'s graceful wait.
+    conn_ended: Condvar,
+    events: Sender<Event>,
+    /// Wakes the maintenance thread (`bounded(1)`: one pending wake is enough).
+    wake: Sender<()>,
+    next_conn: AtomicU64,
+    /// Accepted sockets still in their handshake (see `max_pending_handshakes`).
+    pending: Arc<AtomicUsize>,
+    stats: Stats,
+}
+
+impl Links {
+    /// The manager, the application's event queue and the maintenance thread's wake
+    /// channel.
+    pub(crate) fn new(config: Arc<Config>, clock: Clock) -> (Links, Receiver<Event>, Receiver<()>) {
+        let (events, events_rx) = unbounded();
+        let (wake, wake_rx) = bounded(1);
+        let links = Links {
+            config,
+            clock,
+            running: AtomicBool::new(true),
+            registry: Mutex::new(Registry::default()),
+            conn_ended: Condvar::new(),
+            events,
+            wake,
+            next_conn: AtomicU64::new(1),
+            pending: Arc::new(AtomicUsize::new(0)),
+            stats: Stats::default(),
+        };
+        (links, events_rx, wake_rx)
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub(crate) fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    pub(crate) fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub(crate) fn is_running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// Marks the node as stopping; `false` if it already was.
+    pub(crate) fn stop_running(&self) -> bool {
+        self.running.swap(false, Ordering::SeqCst)
+    }
+
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Asks the maintenance thread to run now (dials wanted, announcements due).
+    pub(crate) fn wake_maintenance(&self) {
+        let _ = self.wake.try_send(());
+    }
+
+    // --- events ---
+
+    /// Hands an event to the application, or counts it as dropped when the application
+    /// has let `max_pending_events` pile up. Never blocks: for link state changes,
+    /// which the maintenance thread and `stop` report too.
+    pub(crate) fn emit(&self, ev: Event) {
+        if self.events.len() >= self.config.max_pending_events {
+            self.drop_event();
+            return;
+        }
+        let _ = self.events.send(ev);
+    }
+
+    /// Hands a message that arrived on a link to the application. When the application
+    /// is `max_pending_events` behind, the calling reader waits for room instead of
+    /// dropping it: it stops reading, so TCP slows the sender down to the pace of the
+    /// application. It waits at most [`EVENT_WAIT`] (half the peer timeout at most) per
+    /// message, then drops it and counts it: an application that stopped consuming
+    /// must not stop the node.
+    ///
+    /// The wait is the one bounded back-off poll left in the crate, on purpose: room
+    /// appears when the application receives, and nothing can signal that without
+    /// changing `Node::events`' public type or preallocating the whole queue (a bounded
+    /// crossbeam channel of 16,384 events is ~1.5 MiB per node, touched at creation;
+    /// the idle node is 3.8 MiB). docs/ARCHITECTURE.md, "Queues".
+    ///
+    /// Returns whether it had to wait: the reader then counts its peer as heard from
+    /// just now, since the silence was its own.
+    pub(crate) fn deliver(&self, ev: Event) -> bool {
+        let full = || self.events.len() >= self.config.max_pending_events;
+        let waited = full();
+        if waited {
+            let wait = (self.config.peer_timeout / 2).min(EVENT_WAIT);
+            let deadline = Instant::now() + wait;
+            let mut pause = Duration::from_micros(50);
+            while full() {
+                if Instant::now() >= deadline || !self.is_running() {
+                    self.drop_event();
+                    return true;
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(5));
+            }
+        }
+        let _ = self.events.send(ev);
+        waited
+    }
+
+    fn drop_event(&self) {
+        let n = stats::add(&self.stats.events_dropped, 1);
+        if n % 10_000 == 0 {
+            log::warn!(
+                "event queue full: the application is not consuming events ({} dropped)",
+                n + 1
+            );
+        }
+    }
+
+    // --- admission ---
+
+    /// Counts an accepted socket as a pending handshake; `None` (and counted as
+    /// refused) when `max_pending_handshakes` are pending already.
+    pub(crate) fn admit_pending(&self) -> Option<PendingSlot> {
+        let before = self.pending.fetch_add(1, Ordering::SeqCst);
+        let slot = PendingSlot {
+            pending: Arc::clone(&self.pending),
+        };
+        if before < self.config.max_pending_handshakes {
+            return Some(slot);
+        }
+        drop(slot);
+        let n = stats::add(&self.stats.refused_connections, 1);
+        if n % 1000 == 0 {
+            log::warn!(
+                "{} handshakes pending: refusing new connections ({} refused so far)",
+                self.config.max_pending_handshakes,
+                n + 1
+            );
+        }
+        None
+    }
+
+    /// Counts a frame the protocol says to ignore (unknown type, hop count out of
+    /// range). The first and every 1000th is logged, so a peer cannot flood the log.
+    pub(crate) fn count_ignored_frame(&self, why: &str) {
+        let n = stats::add(&self.stats.frames_ignored, 1);
+        if n % 1000 == 0 {
+            log::warn!("{why} ({} frames ignored so far)", n + 1);
+        }
+    }
+
+    /// A handshake failed (timeout, bad JOIN, refusal).
+    pub(crate) fn count_handshake_failure(&self) {
+        stats::add(&self.stats.handshakes_failed, 1);
+    }
+
+    /// Registers a link that completed its handshake, keeping one link per pair of
+    /// nodes (see `PeerTable::insert`), and reports `PeerUp` when it is new.
+    pub(crate) fn register(&self, link: Arc<Link>) -> Register {
+        if !self.is_running() {
+            return Register::Refused(HandshakeError::Stopping);
+        }
+        // A link silent for two of our heartbeat intervals may belong to a node that
+        // is gone.
+        let stale_ms = 2 * self.config.heartbeat_interval.as_millis() as u64;
+        let stale_before = self.clock.now_ms().saturating_sub(stale_ms);
+        let limits = Limits {
+            max_links: self.config.max_links,
+            max_inbound: self.config.max_inbound_links,
+        };
+        let outcome = self
+            .registry
+            .lock()
+            .table
+            .insert(Arc::clone(&link), limits, stale_before);
+        match outcome {
+            Insert::Added { replaced } => {
+                let mut same_node = false;
+                for old in replaced {
+                    if old.node_id == link.node_id {
+                        same_node = true;
+                        self.add_retiring(&old, Some(Arc::clone(&old.outbox)));
+                    } else {
+                        old.closer.shutdown();
+                        log::info!(
+                            "{}: node {} replaced by node {} on the same address",
+                            old.addr,
+                            old.node_id,
+                            link.node_id
+                        );
+                        self.emit_peer_down(&old, DownReason::Replaced);
+                    }
+                }
+                if !same_node {
+                    log::info!(
+                        "link up: {} ({}, {})",
+                        link.addr,
+                        link.node_id,
+                        link.direction.as_str()
+                    );
+                    self.emit(Event::PeerUp(link.info()));
+                }
+                Register::Linked
+            }
+            Insert::Kept(existing) => Register::Duplicate(existing),
+            Insert::Full => {
+                stats::add(&self.stats.refused_links, 1);
+                Register::Refused(HandshakeError::LinkLimit {
+                    max_links: self.config.max_links,
+                    max_inbound: self.config.max_inbound_links,
+                })
+            }
+            Insert::AddressTaken => {
+                stats::add(&self.stats.refused_links, 1);
+                Register::Refused(HandshakeError::AddressTaken(link.addr))
+            }
+        }
+    }
+
+    // --- lookups ---
+
+    pub(crate) fn get(&self, node_id: NodeId) -> Option<Arc<Link>> {
+        self.registry.lock().table.get(node_id)
+    }
+
+    pub(crate) fn by_addr(&self, addr: &SocketAddr) -> Option<Arc<Link>> {
+        self.registry.lock().table.by_addr(addr)
+    }
+
+    /// A copy of every live link, to send to outside the lock.
+    pub(crate) fn links(&self) -> Vec<Arc<Link>> {
+        self.registry.lock().table.links()
+    }
+
+    /// Listen addresses of live links and addresses being dialled: no new dial there.
+    pub(crate) fn busy_addrs(&self) -> (usize, HashSet<SocketAddr>) {
+        let r = self.registry.lock();
+        let mut busy = r.table.linked_addrs();
+        busy.extend(r.dialing.keys().copied());
+        (r.table.len() + r.dialing.len(), busy)
+    }
+
+    pub(crate) fn linked_addrs(&self) -> HashSet<SocketAddr> {
+        self.registry.lock().table.linked_addrs()
+    }
+
+    pub(crate) fn counts(&self) -> LinkCounts {
+        let r = self.registry.lock();
+        LinkCounts {
+            links: r.table.len(),
+            dialing: r.dialing.len(),
+            connections: r.conns.len(),
+            pending_handshakes: self.pending.load(Ordering::Relaxed),
+        }
+    }
+
+    // --- closing ---
+
+    /// Removes `link` from the table (if it is still the current link to that node),
+    /// reports `PeerDown`, and shuts the stream so both its threads end.
+    pub(crate) fn close(&self, link: &Link, reason: DownReason) {
+        self.unlink(link, reason);
+        link.closer.shutdown();
+    }
+
+    /// Closes `link` politely: LEAVE, then a half-close once it is written.
+    pub(crate) fn leave(&self, link: &Link, reason: DownReason) {
+        self.unlink(link, reason);
+        link.send_leave();
+    }
+
+    /// Removes `link` from the table if it is still the current link to its node, and
+    /// reports `PeerDown` only then (a retired duplicate ending is no news).
+    fn unlink(&self, link: &Link, reason: DownReason) {
+        let removed = self
+            .registry
+            .lock()
+            .table
+            .remove(link.node_id, link.conn_id);
+        if removed.is_some() {
+            self.emit_peer_down(link, reason);
+        }
+    }
+
+    fn emit_peer_down(&self, link: &Link, reason: DownReason) {
+        self.emit(Event::PeerDown {
+            node_id: link.node_id,
+            addr: link.addr,
+            reason,
+        });
+    }
+
+    /// Winds down a new connection that lost to the existing link: it is read until the
+    /// peer closes it, and half-closed by us after [`DUPLICATE_LINGER`].
+    pub(crate) fn retire_duplicate(&self, conn: &Link) {
+        self.add_retiring(conn, None);
+    }
+
+    /// The linger gives the peer time to finish the winning handshake before it sees
+    /// this connection end; otherwise it would report the link down and up again.
+    /// Whatever happens, the connection is shut after the handshake timeout more.
+    fn add_retiring(&self, link: &Link, outbox: Option<Arc<Outbox>>) {
+        let half_close_at = Instant::now() + DUPLICATE_LINGER;
+        self.registry.lock().retiring.push(Retiring {
+            conn_id: link.conn_id,
+            closer: link.closer.clone(),
+            outbox,
+            half_close_at: Some(half_close_at),
+            give_up_at: half_close_at + self.config.handshake_timeout,
+        });
+    }
+
+    /// Half-closes or shuts down retiring connections whose deadlines passed.
+    pub(crate) fn tend_retiring(&self, now: Instant) {
+        let mut half = Vec::new();
+        let mut shut = Vec::new();
+        let mut flush = Vec::new();
+        self.registry.lock().retiring.retain_mut(|r| {
+            if r.give_up_at <= now {
+                shut.push(r.closer.clone());
+                return false;
+            }
+            if r.half_close_at.is_some_and(|t| t <= now) {
+                r.half_close_at = None;
+                match r.outbox.take() {
+                    // A writer that is still sending is left to the give-up deadline
+                    // rather than cut off mid-queue.
+                    Some(outbox) => flush.push(outbox),
+                    None => half.push(r.closer.clone()),
+                }
+            }
+            true
+        });
+        for outbox in flush {
+            outbox.close();
+        }
+        for c in half {
+            c.half_close();
+        }
+        for c in shut {
+            c.shutdown();
+        }
+    }
+
+    // --- queueing ---
+
+    /// Queues a frame the node's own threads forward (relayed broadcasts, GRAFT
+    /// answers), waiting at most [`RELAY_WAIT`] for room.
+    pub(crate) fn relay(&self, link: &Link, frame: Arc<[u8]>) -> Queued {
+        self.queue_data(link, Frame::Shared(frame), RELAY_WAIT)
+    }
+
+    /// Queues a data frame only if there is room right now (`Push::Full` otherwise,
+    /// and the peer is not dropped): for sending one frame to many links, where every
+    /// link with room gets its copy before anyone waits.
+    pub(crate) fn try_queue(&self, link: &Link, frame: Frame) -> Push {
+        link.outbox.push_data(frame, Duration::ZERO, Duration::MAX)
+    }
+
+    /// Queues a data frame on `link`. A full queue is one of two things:
+    /// - the peer is reading, just not as fast as frames come (a burst, a busy
+    ///   machine): wait up to `max_wait` for room, which slows the sender down the way
+    ///   TCP would;
+    /// - the peer stopped reading: its writer has been stuck inside one write for the
+    ///   peer timeout (on a loaded machine a reading peer can pause for a second or
+    ///   two; one that accepts nothing for the peer timeout is as good as gone).
+    ///   Then the peer is dropped at once, without waiting, so it delays nobody.
+    ///
+    /// A peer whose queue stays full for all of `max_wait` is dropped too.
+    pub(crate) fn queue_data(&self, link: &Link, frame: Frame, max_wait: Duration) -> Queued {
+        match link
+            .outbox
+            .push_data(frame, max_wait, self.config.peer_timeout)
+        {
+            Push::Queued => Queued::Yes,
+            Push::Closed => Queued::LinkClosing,
+            Push::Full => {
+                self.drop_slow_peer(link);
+                Queued::PeerDropped
+            }
+        }
+    }
+
+    /// Queues a control frame (PING, PONG, PEERS, IHAVE, GRAFT, PRUNE) on its own
+    /// queue. Full means the peer has left thousands of them unread: it is dropped.
+    pub(crate) fn queue_control(&self, link: &Link, frame: &[u8]) -> Queued {
+        match link.outbox.push_control(frame) {
+            Push::Queued => Queued::Yes,
+            Push::Full => {
+                self.drop_slow_peer(link);
+                Queued::PeerDropped
+            }
+            Push::Closed => Queued::LinkClosing,
+        }
+    }
+
+    /// Queues a frame for the application, waiting up to the peer timeout for room:
+    /// backpressure for a caller sending faster than the link carries, but a peer
+    /// that stays stuck is dropped.
+    pub(crate) fn send_blocking(&self, link: &Link, frame: Frame) -> Result<(), Error> {
+        match self.queue_data(link, frame, self.config.peer_timeout) {
+            Queued::Yes => Ok(()),
+            Queued::PeerDropped => Err(Error::PeerTooSlow(link.addr)),
+            Queued::LinkClosing => Err(Error::LinkClosed(link.addr)),
+        }
+    }
+
+    fn drop_slow_peer(&self, link: &Link) {
+        log::warn!(
+            "{}: outbound queue full ({} frames), dropping the peer",
+            link.addr,
+            self.config.queue_len
+        );
+        stats::add(&self.stats.slow_peers_dropped, 1);
+        self.close(link, DownReason::QueueFull);
+    }
+
+    // --- connections, threads, dials ---
+
+    /// Registers an open connection so `stop` can shut it down.
+    pub(crate) fn add_conn(&self, conn_id: u64, closer: Closer) {
+        self.registry.lock().conns.insert(conn_id, closer);
+    }
+
+    /// A connection ended: forget it (and its retirement, if it was a duplicate).
+    pub(crate) fn remove_conn(&self, conn_id: u64) {
+        {
+            let mut r = self.registry.lock();
+            r.conns.remove(&conn_id);
+            r.retiring.retain(|x| x.conn_id != conn_id);
+        }
+        self.conn_ended.notify_all();
+    }
+
+    /// Keeps a connection thread's handle, to be joined by maintenance or `stop`.
+    pub(crate) fn add_thread(&self, h: JoinHandle<()>) {
+        self.registry.lock().threads.push(h);
+    }
+
+    /// Joins connection threads that have finished.
+    pub(crate) fn reap_threads(&self) {
+        let done: Vec<JoinHandle<()>> = {
+            let mut r = self.registry.lock();
+            let (done, running) = std::mem::take(&mut r.threads)
+                .into_iter()
+                .partition(|h| h.is_finished());
+            r.threads = running;
+            done
+        };
+        join_all(done);
+    }
+
+    /// Claims `addr` for a dial, or hands out a way to wait for the dial running.
+    pub(crate) fn claim_dial(&self, addr: SocketAddr) -> DialClaim {
+        let mut r = self.registry.lock();
+        match r.dialing.get_mut(&addr) {
+            Some(waiters) => {
+                let (tx, rx) = bounded(0);
+                waiters.push(tx);
+                DialClaim::Busy(rx)
+            }
+            None => {
+                r.dialing.insert(addr, Vec::new());
+                DialClaim::Mine
+            }
+        }
+    }
+
+    /// The dial of `addr` is over (its link is registered, or it failed): whoever
+    /// waits for it wakes.
+    pub(crate) fn end_dial(&self, addr: &SocketAddr) {
+        // Dropping the senders disconnects the waiters' receivers.
+        let waiters = self.registry.lock().dialing.remove(addr);
+        drop(waiters);
+    }
+
+    // --- stop ---
+
+    /// The links' part of `Node::stop`, once the acceptor and maintenance threads are
+    /// gone: LEAVE on every link, duplicates half-closed, a short wait for links to
+    /// close gracefully, then every socket shut and every connection thread joined.
+    pub(crate) fn shut_down(&self) {
+        let links = self.registry.lock().table.drain();
+        for link in &links {
+            link.send_leave();
+            self.emit_peer_down(link, DownReason::NodeStopped);
+        }
+        drop(links);
+        // Duplicates being wound down are half-closed now rather than after their
+        // linger, so the graceful wait below is not spent waiting for them.
+        let retiring = std::mem::take(&mut self.registry.lock().retiring);
+        for r in retiring {
+            match r.outbox {
+                Some(outbox) => outbox.close(),
+                None => r.closer.half_close(),
+            }
+        }
+        let deadline = Instant::now() + GRACEFUL_CLOSE;
+        {
+            let mut r = self.registry.lock();
+            while !r.conns.is_empty() {
+                if self.conn_ended.wait_until(&mut r, deadline).timed_out() {
+                    break;
+                }
+            }
+        }
+        let open: Vec<Closer> = self.registry.lock().conns.values().cloned().collect();
+        for c in open {
+            c.shutdown();
+        }
+        loop {
+            let handles = std::mem::take(&mut self.registry.lock().threads);
+            if handles.is_empty() {
+                break;
+            }
+            join_all(handles);
+        }
+    }
+}
+
+fn join_all(handles: Vec<JoinHandle<()>>) {
+    for h in handles {
+        if h.join().is_err() {
+            log::error!("a connection thread panicked");
+        }
+    }
+}

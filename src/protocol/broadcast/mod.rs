@@ -1,0 +1,378 @@
+//! The broadcast protocol: BROADCAST, IHAVE, GRAFT and PRUNE, and everything the
+//! broadcast tree needs, in one place (docs/PROTOCOL.md 3.5, 3.5b). The C++
+//! `broadcastData` sent to direct peers only; here a broadcast reaches every node of
+//! a connected overlay exactly once, along a self-repairing tree per origin
+//! ([`lazy_push`] explains the tree and holds its state).
+//!
+//! What it owns: the seen cache (exactly-once delivery), this node's sequence
+//! numbers, the tree state ([`LazyPush`]) and each link's part in the trees
+//! ([`LinkTree`], by connection id; a link's entry goes with [`BroadcastTree::link_down`]).
+//!
+//! Locks, each taken alone: `seen`, `trees`, and the three inside `LazyPush`. No lock
+//! is held while a frame is queued.
+
+pub(crate) mod lazy_push;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::event::Event;
+use crate::links::{Link, Links, Queued};
+use crate::p2p_message::{
+    Announcement, Broadcast, BroadcastId, NodeId, P2PMessage, LEN_PREFIX, MAX_IDS_PER_MESSAGE,
+};
+use crate::state::seen_cache::SeenCache;
+use crate::state::stats;
+use crate::transport::outbox::{Frame, Push};
+use lazy_push::{LazyPush, LinkTree, Reparent};
+
+/// The broadcast protocol's state; see the module docs.
+pub(crate) struct BroadcastTree {
+    id: NodeId,
+    hop_limit: u8,
+    max_frame: u32,
+    seen: Mutex<SeenCache>,
+    /// This node's next broadcast sequence number (the first is 1).
+    next_seq: AtomicU64,
+    lazy: LazyPush,
+    /// Each link's part in the trees, by connection id.
+    trees: Mutex<HashMap<u64, LinkTree>>,
+}
+
+impl BroadcastTree {
+    pub(crate) fn new(config: &Config, id: NodeId) -> BroadcastTree {
+        BroadcastTree {
+            id,
+            hop_limit: config.hop_limit,
+            max_frame: config.max_frame,
+            seen: Mutex::new(SeenCache::new(
+                config.seen_cache_size,
+                config.seen_cache_ttl,
+            )),
+            next_seq: AtomicU64::new(1),
+            lazy: LazyPush::default(),
+            trees: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Broadcast ids in the seen cache.
+    pub(crate) fn seen_len(&self) -> usize {
+        self.seen.lock().len()
+    }
+
+    /// Broadcast frames kept to answer GRAFTs.
+    pub(crate) fn stored(&self) -> usize {
+        self.lazy.stored()
+    }
+
+    /// Sends `text` to the overlay as this node's next broadcast, naming
+    /// `origin_addr` as where it comes from. The caller waits (up to the peer
+    /// timeout) for room on a full link; a peer that stays stuck is dropped. Returns
+    /// the number of neighbours it was sent or announced to.
+    pub(crate) fn originate(
+        &self,
+        links: &Links,
+        text: &str,
+        origin_addr: std::net::SocketAddr,
+    ) -> Result<usize, Error> {
+        let b = Broadcast {
+            origin: self.id,
+            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+            hops: 1,
+            origin_addr,
+            text: text.to_string(),
+        };
+        let id = (b.origin, b.seq);
+        let msg = P2PMessage::Broadcast(b);
+        let len = msg.encoded_len() - LEN_PREFIX;
+        if len > self.max_frame as usize {
+            return Err(Error::MessageTooLarge {
+                len,
+                max: self.max_frame,
+            });
+        }
+        let frame: Arc<[u8]> = msg.encode().into();
+        self.seen.lock().insert(id, Instant::now());
+        self.lazy.have(id, Some(&frame), 0, None);
+        let wait = links.config().peer_timeout;
+        let (eager, lazy) = self.spread(links, id, 0, &frame, None, wait);
+        Ok(eager + lazy)
+    }
+
+    /// Delivers a broadcast that arrived on `from` once, and passes it on (eager links
+    /// get it, lazy ones an announcement) while its hop count is below the limit. A
+    /// copy we already had makes `from` lazy for its origin (PRUNE), unless it came by
+    /// a shorter path than our parent's copy.
+    ///
+    /// Returns whether delivering had to wait for the application.
+    pub(crate) fn on_broadcast(&self, links: &Links, b: Broadcast, from: &Link) -> bool {
+        let st = links.stats();
+        if b.hops == 0 || b.hops > self.hop_limit {
+            links.count_ignored_frame(&format!(
+                "dropping broadcast {}:{} with hop count {} (limit {})",
+                b.origin, b.seq, b.hops, self.hop_limit
+            ));
+            return false;
+        }
+        let id = (b.origin, b.seq);
+        if b.origin == self.id || !self.seen.lock().insert(id, Instant::now()) {
+            stats::add(&st.duplicates_dropped, 1);
+            match self.lazy.shorter_copy(&id, from.node_id(), b.hops) {
+                // A copy nearer the origin than our parent's: `from` is the parent now.
+                Some(r) => self.reparent(links, r),
+                None => self.prune(links, from, b.origin),
+            }
+            return false;
+        }
+        if b.hops >= self.hop_limit {
+            self.lazy.have(id, None, b.hops, Some(from.node_id()));
+        } else {
+            let frame: Arc<[u8]> = P2PMessage::Broadcast(Broadcast {
+                hops: b.hops + 1,
+                ..b.clone()
+            })
+            .encode()
+            .into();
+            self.lazy
+                .have(id, Some(&frame), b.hops, Some(from.node_id()));
+            // Pass it on first, deliver after: the next hops' copies are on the wire
+            // before this node's application gets its turn.
+            let (eager, _) = self.spread(
+                links,
+                id,
+                b.hops,
+                &frame,
+                Some(from),
+                crate::links::RELAY_WAIT,
+            );
+            stats::add(&st.frames_forwarded, eager as u64);
+        }
+        stats::add(&st.broadcasts_delivered, 1);
+        links.deliver(Event::Broadcast {
+            origin_id: b.origin,
+            origin: b.origin_addr,
+            hops: b.hops,
+            text: b.text,
+        })
+    }
+
+    /// Sends a broadcast frame on every eager link and announces it on every lazy one,
+    /// except the link it came in on and a link to its origin (by node id). `hops` is
+    /// how far it travelled to reach us (0: our own). Returns (links sent on, links
+    /// announced on).
+    ///
+    /// Every link with room gets its copy first; only then does the caller wait, up to
+    /// `wait`, on links whose queue is full, so one stuck peer delays nobody else's
+    /// copy (and is dropped if it stays stuck).
+    fn spread(
+        &self,
+        links: &Links,
+        id: BroadcastId,
+        hops: u8,
+        frame: &Arc<[u8]>,
+        from: Option<&Link>,
+        wait: Duration,
+    ) -> (usize, usize) {
+        let all = links.links();
+        let mut eager = Vec::with_capacity(all.len());
+        let mut announced = 0;
+        {
+            let mut trees = self.trees.lock();
+            for link in all {
+                if from.is_some_and(|f| f.conn_id() == link.conn_id()) || link.node_id() == id.0 {
+                    continue;
+                }
+                let tree = trees.entry(link.conn_id()).or_default();
+                if tree.sends(id.0) {
+                    eager.push(link);
+                } else {
+                    tree.announce(Announcement { id, hops });
+                    announced += 1;
+                }
+            }
+        }
+        if announced > 0 && self.lazy.schedule_flush() {
+            links.wake_maintenance();
+        }
+        let mut sent = 0;
+        let mut full = Vec::new();
+        for link in eager {
+            match links.try_queue(&link, Frame::Shared(Arc::clone(frame))) {
+                Push::Queued => sent += 1,
+                Push::Full => full.push(link),
+                Push::Closed => {}
+            }
+        }
+        for link in &full {
+            let copy = Frame::Shared(Arc::clone(frame));
+            if links.queue_data(link, copy, wait) == Queued::Yes {
+                sent += 1;
+            }
+        }
+        stats::add(&links.stats().broadcast_frames_sent, sent as u64);
+        (sent, announced)
+    }
+
+    /// Answers a GRAFT: we send the named broadcasts' origins on this link eagerly
+    /// again, starting with the broadcasts it names that we still have (ids we no
+    /// longer have, or never had, are skipped).
+    pub(crate) fn on_graft(&self, links: &Links, ids: &[BroadcastId], from: &Link) {
+        {
+            let mut trees = self.trees.lock();
+            let tree = trees.entry(from.conn_id()).or_default();
+            for id in ids {
+                tree.peer_grafted(id.0);
+            }
+        }
+        let st = links.stats();
+        for frame in self.lazy.frames(ids) {
+            if links.relay(from, frame) != Queued::Yes {
+                break;
+            }
+            stats::add(&st.frames_forwarded, 1);
+            stats::add(&st.broadcast_frames_sent, 1);
+        }
+    }
+
+    /// Handles an IHAVE: missing broadcasts are scheduled for a GRAFT, and a neighbour
+    /// that is clearly nearer an origin than our parent is grafted for it at once.
+    pub(crate) fn on_ihave(&self, links: &Links, ids: &[Announcement], from: &Link) {
+        let have: Vec<bool> = {
+            let seen = self.seen.lock();
+            ids.iter().map(|a| seen.contains(&a.id)).collect()
+        };
+        let (mut nearer, scheduled) = self.lazy.announced(from.node_id(), ids, &have);
+        if scheduled {
+            links.wake_maintenance();
+        }
+        // Only origins we had pruned there: the others already come as copies.
+        {
+            let mut trees = self.trees.lock();
+            let tree = trees.entry(from.conn_id()).or_default();
+            nearer.retain(|id| tree.graft(id.0));
+        }
+        if !nearer.is_empty() {
+            log::debug!(
+                "broadcast tree: {} is nearer {} origin(s), grafting",
+                from.addr(),
+                nearer.len()
+            );
+            // The peer answers with those broadcasts (duplicates here) and sends their
+            // origins eagerly from then on; the duplicate rule then prunes the longer
+            // path.
+            links.queue_control(from, &P2PMessage::Graft { ids: nearer }.encode());
+        }
+    }
+
+    /// The peer asks us to only announce `origin`'s broadcasts on this link.
+    pub(crate) fn on_prune(&self, from: &Link, origin: NodeId) {
+        self.trees
+            .lock()
+            .entry(from.conn_id())
+            .or_default()
+            .peer_pruned(origin);
+    }
+
+    /// The connection `conn_id` ended: its part in the trees goes with it.
+    pub(crate) fn link_down(&self, conn_id: u64) {
+        self.trees.lock().remove(&conn_id);
+    }
+
+    /// Asks `link`'s peer to announce `origin`'s broadcasts instead of sending them
+    /// (once, until we graft them again).
+    fn prune(&self, links: &Links, link: &Link, origin: NodeId) {
+        let first = self
+            .trees
+            .lock()
+            .entry(link.conn_id())
+            .or_default()
+            .prune(origin);
+        if first {
+            links.queue_control(link, &P2PMessage::Prune { origin }.encode());
+        }
+    }
+
+    /// Makes `r.to` (which just sent us a copy: it sends eagerly) our parent in
+    /// `r.origin`'s tree instead of `r.from`, which is pruned for that origin.
+    fn reparent(&self, links: &Links, r: Reparent) {
+        log::debug!("broadcast tree: parent {} replaces {}", r.to, r.from);
+        if let Some(from) = links.get(r.from) {
+            self.prune(links, &from, r.origin);
+        }
+    }
+
+    /// Sends the announcements and GRAFTs that are due; returns when the next ones
+    /// are. Run by the maintenance thread.
+    pub(crate) fn due(&self, links: &Links, now: Instant) -> Option<Instant> {
+        if self.lazy.take_flush_due(now) {
+            self.flush(links);
+        }
+        let next_flush = self.lazy.next_flush();
+        let next_graft = self.graft_due(links, now);
+        [next_flush, next_graft].into_iter().flatten().min()
+    }
+
+    /// Sends every lazy link the ids collected for it, and forgets the tree state of
+    /// connections that are no longer links.
+    fn flush(&self, links: &Links) {
+        let live = links.links();
+        let batches: Vec<(Arc<Link>, Vec<Announcement>)> = {
+            let mut trees = self.trees.lock();
+            let ids: HashSet<u64> = live.iter().map(|l| l.conn_id()).collect();
+            trees.retain(|conn, _| ids.contains(conn));
+            live.into_iter()
+                .filter_map(|l| {
+                    let batch = trees.get_mut(&l.conn_id())?.take_announcements();
+                    Some((l, batch))
+                })
+                .collect()
+        };
+        for (link, ids) in batches {
+            send_chunked(links, &link, &ids, |ids| P2PMessage::IHave { ids });
+        }
+    }
+
+    /// Asks an announcer for each broadcast that is still missing after its timeout.
+    fn graft_due(&self, links: &Links, now: Instant) -> Option<Instant> {
+        let due = self.lazy.take_due_grafts(now);
+        for (peer, ids) in due.asks {
+            let Some(link) = links.get(peer) else {
+                continue;
+            };
+            {
+                let mut trees = self.trees.lock();
+                let tree = trees.entry(link.conn_id()).or_default();
+                for id in &ids {
+                    tree.graft(id.0);
+                }
+            }
+            let asked = send_chunked(links, &link, &ids, |ids| P2PMessage::Graft { ids });
+            stats::add(&links.stats().grafts_sent, asked as u64);
+        }
+        due.next
+    }
+}
+
+/// Queues `items` on `link` as control frames of at most [`MAX_IDS_PER_MESSAGE`]
+/// entries each; returns how many entries were queued (it stops at a refusal).
+fn send_chunked<T: Clone>(
+    links: &Links,
+    link: &Link,
+    items: &[T],
+    message: impl Fn(Vec<T>) -> P2PMessage,
+) -> usize {
+    let mut queued = 0;
+    for chunk in items.chunks(MAX_IDS_PER_MESSAGE) {
+        if links.queue_control(link, &message(chunk.to_vec()).encode()) != Queued::Yes {
+            break;
+        }
+        queued += chunk.len();
+    }
+    queued
+}

@@ -1,0 +1,137 @@
+//! The protocols a link speaks once its handshake is done, and the one entry point
+//! the reader hands every frame to ([`Protocols::dispatch`]).
+//!
+//! | message | handled by |
+//! |---|---|
+//! | DATA | here: delivered to the application |
+//! | PING, PONG | [`heartbeat`] |
+//! | PEERS, LEAVE | [`membership`] |
+//! | BROADCAST, IHAVE, GRAFT, PRUNE | [`broadcast`] |
+//! | JOIN | only in the handshake (`peer_connection`); a second one closes the link |
+//!
+//! Protocols decide and queue frames; they get a `&Links` and the link a frame came
+//! on, never the node. They start no threads and make no dials: membership says whom
+//! to dial, the maintenance thread dials. A new message type touches
+//! `p2p_message.rs`, one protocol file, and one arm below.
+
+pub(crate) mod broadcast;
+pub(crate) mod heartbeat;
+pub(crate) mod membership;
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::event::{DownReason, Event};
+use crate::links::{Link, Links};
+use crate::p2p_message::{NodeId, P2PMessage};
+use broadcast::BroadcastTree;
+use membership::Membership;
+
+/// Every protocol's state.
+pub(crate) struct Protocols {
+    pub(crate) membership: Membership,
+    pub(crate) broadcast: BroadcastTree,
+}
+
+/// What the reader does after a frame.
+pub(crate) enum Flow {
+    /// Read on.
+    Continue,
+    /// Read on; delivering had to wait for the application, so the peer's silence
+    /// meanwhile was ours, not its.
+    Waited,
+    /// Close the link.
+    Close(DownReason),
+}
+
+impl Protocols {
+    pub(crate) fn new(
+        config: &std::sync::Arc<Config>,
+        id: NodeId,
+        local_addr: std::net::SocketAddr,
+    ) -> Protocols {
+        Protocols {
+            membership: Membership::new(std::sync::Arc::clone(config), id, local_addr),
+            broadcast: BroadcastTree::new(config, id),
+        }
+    }
+
+    /// Hands one decoded frame that arrived on `link` to its protocol.
+    pub(crate) fn dispatch(&self, links: &Links, link: &Link, msg: P2PMessage) -> Flow {
+        let waited = match msg {
+            P2PMessage::Join(_) => return Flow::Close(DownReason::SecondJoin),
+            P2PMessage::Data { text } => links.deliver(Event::Message {
+                from_id: link.node_id(),
+                from: link.addr(),
+                text,
+            }),
+            P2PMessage::Broadcast(b) => self.broadcast.on_broadcast(links, b, link),
+            P2PMessage::Ping { nonce } => match heartbeat::on_ping(links, link, nonce) {
+                Ok(()) => false,
+                Err(reason) => return Flow::Close(reason),
+            },
+            P2PMessage::Pong { nonce } => {
+                heartbeat::on_pong(links, link, nonce);
+                false
+            }
+            P2PMessage::Peers { addrs } => {
+                self.membership.on_peers(links, &addrs, link);
+                false
+            }
+            P2PMessage::IHave { ids } => {
+                self.broadcast.on_ihave(links, &ids, link);
+                false
+            }
+            P2PMessage::Graft { ids } => {
+                self.broadcast.on_graft(links, &ids, link);
+                false
+            }
+            P2PMessage::Prune { origin } => {
+                self.broadcast.on_prune(link, origin);
+                false
+            }
+            P2PMessage::Leave => {
+                self.membership.defer_redial(&link.addr());
+                return Flow::Close(DownReason::Left);
+            }
+        };
+        if waited {
+            Flow::Waited
+        } else {
+            Flow::Continue
+        }
+    }
+
+    /// A connection became a link: `source` is its socket's remote IP, `observed`
+    /// what its JOIN says our IP is.
+    pub(crate) fn link_up(
+        &self,
+        links: &Links,
+        link: &Link,
+        source: IpAddr,
+        observed: Option<IpAddr>,
+    ) {
+        self.membership.link_up(links, link, source, observed);
+    }
+
+    /// A connection that had a reader loop ended (a link, or a retired duplicate).
+    pub(crate) fn link_down(&self, conn_id: u64) {
+        self.broadcast.link_down(conn_id);
+    }
+
+    /// The timed work of the protocols, run by the maintenance thread at every tick:
+    /// heartbeats and the periodic peer exchange. Returns nothing to dial: that is
+    /// [`Membership::dial_plan`].
+    pub(crate) fn tick(&self, links: &Links, exchange: bool) {
+        heartbeat::tick(links);
+        if exchange {
+            self.membership.exchange(links);
+        }
+    }
+
+    /// Announcements and GRAFTs that are due; returns when the next are.
+    pub(crate) fn due(&self, links: &Links, now: Instant) -> Option<Instant> {
+        self.broadcast.due(links, now)
+    }
+}

@@ -1,0 +1,287 @@
+//! `PeerTable`: the linked peers by node id, and the one-link-per-pair rule.
+//!
+//! This is the C++ `std::set<std::string> peers` grown into what it needed to be. It
+//! is plain data: no lock, no I/O, and it does not even know what a link is beyond
+//! the [`Peer`] trait, so its rules are tested here without sockets. The link manager
+//! (`links.rs`) keeps it behind its lock; callers copy what they need out (an
+//! `Arc`, a `Vec` of them), let the guard drop, then write.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::event::Direction;
+use crate::p2p_message::NodeId;
+
+/// What the table needs to know of a link to apply its rules.
+pub(crate) trait Peer {
+    /// Unique per connection, so a closing duplicate never removes its replacement.
+    fn conn_id(&self) -> u64;
+    fn node_id(&self) -> NodeId;
+    /// The peer's listen address.
+    fn addr(&self) -> SocketAddr;
+    fn direction(&self) -> Direction;
+    /// Orders duplicate connections between the same pair; see [`PeerTable::insert`].
+    fn dial_key(&self) -> (NodeId, u16);
+    /// Milliseconds since the node's epoch when a frame last arrived.
+    fn last_seen_ms(&self) -> u64;
+}
+
+/// The link caps [`PeerTable::insert`] enforces.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// Links of both directions.
+    pub max_links: usize,
+    /// Links the peer dialled.
+    pub max_inbound: usize,
+}
+
+/// What [`PeerTable::insert`] decided.
+pub(crate) enum Insert<L> {
+    /// The new link is live. `replaced` are older links it superseded: a duplicate
+    /// connection to the same node, or a stale entry for a node that restarted on the
+    /// same address with a new id.
+    Added { replaced: Vec<Arc<L>> },
+    /// The pair already has a link that wins over the new connection; close the new one.
+    Kept(Arc<L>),
+    /// `max_links` (or, for an inbound link, `max_inbound_links`) reached.
+    Full,
+    /// Another node holds this listen address and is alive; the newcomer is refused,
+    /// so a JOIN that merely claims an address cannot push a live peer out.
+    AddressTaken,
+}
+
+/// Links by node id.
+pub(crate) struct PeerTable<L> {
+    links: HashMap<NodeId, Arc<L>>,
+}
+
+impl<L> Default for PeerTable<L> {
+    fn default() -> Self {
+        PeerTable {
+            links: HashMap::new(),
+        }
+    }
+}
+
+impl<L: Peer> PeerTable<L> {
+    /// Adds a link that finished its handshake, keeping one link per pair of nodes.
+    ///
+    /// When two connections join the same pair (both dialled at once, or a dial
+    /// repeated), each side keeps the one with the smaller `dial_key`, the dialler's
+    /// id and source port, which both ends know alike, so both keep the *same* TCP
+    /// connection whatever order their handshakes finished in.
+    ///
+    /// A link of another node id on the same listen address is replaced only when it
+    /// has been silent since `stale_before_ms` (the node restarted with a new id and
+    /// the old connection never closed); a live one keeps the address.
+    pub(crate) fn insert(
+        &mut self,
+        link: Arc<L>,
+        limits: Limits,
+        stale_before_ms: u64,
+    ) -> Insert<L> {
+        let mut replaced = Vec::new();
+        if let Some(old) = self.links.get(&link.node_id()) {
+            if old.dial_key() <= link.dial_key() {
+                return Insert::Kept(Arc::clone(old));
+            }
+            replaced.push(Arc::clone(old));
+        } else if self.links.len() >= limits.max_links
+            || (link.direction() == Direction::Inbound
+                && self.inbound_count() >= limits.max_inbound)
+        {
+            return Insert::Full;
+        }
+        let others: Vec<&Arc<L>> = self
+            .links
+            .values()
+            .filter(|l| l.addr() == link.addr() && l.node_id() != link.node_id())
+            .collect();
+        if others.iter().any(|l| l.last_seen_ms() >= stale_before_ms) {
+            return Insert::AddressTaken;
+        }
+        let stale: Vec<NodeId> = others.iter().map(|l| l.node_id()).collect();
+        for id in stale {
+            if let Some(l) = self.links.remove(&id) {
+                replaced.push(l);
+            }
+        }
+        self.links.insert(link.node_id(), link);
+        Insert::Added { replaced }
+    }
+
+    fn inbound_count(&self) -> usize {
+        self.links
+            .values()
+            .filter(|l| l.direction() == Direction::Inbound)
+            .count()
+    }
+
+    /// Removes the link of `node_id` if it is still connection `conn_id`.
+    pub(crate) fn remove(&mut self, node_id: NodeId, conn_id: u64) -> Option<Arc<L>> {
+        match self.links.get(&node_id) {
+            Some(l) if l.conn_id() == conn_id => self.links.remove(&node_id),
+            _ => None,
+        }
+    }
+
+    /// Removes and returns every link (node shutdown).
+    pub(crate) fn drain(&mut self) -> Vec<Arc<L>> {
+        self.links.drain().map(|(_, l)| l).collect()
+    }
+
+    pub(crate) fn get(&self, node_id: NodeId) -> Option<Arc<L>> {
+        self.links.get(&node_id).cloned()
+    }
+
+    pub(crate) fn by_addr(&self, addr: &SocketAddr) -> Option<Arc<L>> {
+        self.links.values().find(|l| l.addr() == *addr).cloned()
+    }
+
+    pub(crate) fn links(&self) -> Vec<Arc<L>> {
+        self.links.values().cloned().collect()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.links.len()
+    }
+
+    pub(crate) fn linked_addrs(&self) -> HashSet<SocketAddr> {
+        self.links.values().map(|l| l.addr()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A link as the table sees it: no socket needed.
+    struct Fake {
+        conn_id: u64,
+        node_id: NodeId,
+        addr: SocketAddr,
+        direction: Direction,
+        dial_key: (NodeId, u16),
+        last_seen_ms: u64,
+    }
+
+    impl Peer for Fake {
+        fn conn_id(&self) -> u64 {
+            self.conn_id
+        }
+        fn node_id(&self) -> NodeId {
+            self.node_id
+        }
+        fn addr(&self) -> SocketAddr {
+            self.addr
+        }
+        fn direction(&self) -> Direction {
+            self.direction
+        }
+        fn dial_key(&self) -> (NodeId, u16) {
+            self.dial_key
+        }
+        fn last_seen_ms(&self) -> u64 {
+            self.last_seen_ms
+        }
+    }
+
+    fn lim(max_links: usize) -> Limits {
+        Limits {
+            max_links,
+            max_inbound: max_links,
+        }
+    }
+
+    fn link(conn_id: u64, node: u64, addr: &str, key: (u64, u16)) -> Arc<Fake> {
+        Arc::new(Fake {
+            conn_id,
+            node_id: NodeId(node),
+            addr: addr.parse().expect("addr"),
+            direction: Direction::Inbound,
+            dial_key: (NodeId(key.0), key.1),
+            last_seen_ms: 0,
+        })
+    }
+
+    #[test]
+    fn duplicate_connection_keeps_smaller_dial_key_in_any_order() {
+        let a = || link(1, 7, "127.0.0.1:9000", (3, 5000));
+        let b = || link(2, 7, "127.0.0.1:9000", (7, 4000));
+        // a first, then b: b loses.
+        let mut t = PeerTable::default();
+        assert!(matches!(t.insert(a(), lim(8), 0), Insert::Added { .. }));
+        assert!(matches!(t.insert(b(), lim(8), 0), Insert::Kept(l) if l.conn_id == 1));
+        // b first, then a: a replaces b.
+        let mut t = PeerTable::default();
+        assert!(matches!(t.insert(b(), lim(8), 0), Insert::Added { .. }));
+        match t.insert(a(), lim(8), 0) {
+            Insert::Added { replaced } => {
+                assert_eq!(replaced.len(), 1);
+                assert_eq!(replaced[0].conn_id, 2);
+            }
+            _ => panic!("a should replace b"),
+        }
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.get(NodeId(7)).map(|l| l.conn_id), Some(1));
+    }
+
+    #[test]
+    fn new_node_on_same_address_replaces_stale_entry() {
+        let mut t = PeerTable::default();
+        assert!(matches!(
+            t.insert(link(1, 7, "127.0.0.1:9000", (7, 1)), lim(8), 0),
+            Insert::Added { .. }
+        ));
+        // Node 7 was last heard of at 0 ms; with "stale before 0" it still counts as
+        // alive and keeps its address against a newcomer's claim.
+        assert!(matches!(
+            t.insert(link(2, 8, "127.0.0.1:9000", (8, 1)), lim(8), 0),
+            Insert::AddressTaken
+        ));
+        // Silent since before 1 ms: stale, replaced.
+        match t.insert(link(2, 8, "127.0.0.1:9000", (8, 1)), lim(8), 1) {
+            Insert::Added { replaced } => assert_eq!(replaced[0].node_id, NodeId(7)),
+            _ => panic!("stale entry should be replaced"),
+        }
+        assert_eq!(t.len(), 1);
+        assert!(t.get(NodeId(7)).is_none());
+    }
+
+    #[test]
+    fn removal_only_by_current_connection() {
+        let mut t = PeerTable::default();
+        t.insert(link(1, 7, "127.0.0.1:9000", (7, 1)), lim(8), 0);
+        assert!(
+            t.remove(NodeId(7), 99).is_none(),
+            "old duplicate must not remove"
+        );
+        assert!(t.remove(NodeId(7), 1).is_some());
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn inbound_cap_leaves_room_for_outbound() {
+        let mut t = PeerTable::default();
+        let limits = Limits {
+            max_links: 8,
+            max_inbound: 1,
+        };
+        t.insert(link(1, 1, "127.0.0.1:1", (1, 1)), limits, 0);
+        assert!(matches!(
+            t.insert(link(2, 2, "127.0.0.1:2", (2, 1)), limits, 0),
+            Insert::Full
+        ));
+    }
+
+    #[test]
+    fn max_links_is_enforced() {
+        let mut t = PeerTable::default();
+        t.insert(link(1, 1, "127.0.0.1:1", (1, 1)), lim(1), 0);
+        assert!(matches!(
+            t.insert(link(2, 2, "127.0.0.1:2", (2, 1)), lim(1), 0),
+            Insert::Full
+        ));
+    }
+}

@@ -1,0 +1,125 @@
+//! The node's counters, named once.
+//!
+//! Each counter is declared in the one list at the bottom of this file, with its doc
+//! comment. The macro turns the list into the atomics the node's threads bump
+//! ([`Stats`]), the public snapshot [`Counters`] that [`NodeInfo`](crate::NodeInfo)
+//! carries, and [`Counters::list`], which yields every counter with its name and help
+//! text in list order: the binary's `info` prints from it, and a metrics page can
+//! export from it, so adding a counter here is the whole change.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// One counter of a [`Counters`] snapshot, for generic output (`info`, metrics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Counter {
+    /// The field name, `snake_case`, stable: scripts and metrics rely on it.
+    pub name: &'static str,
+    /// One sentence on what it counts (the field's doc comment).
+    pub help: &'static str,
+    /// Its value when the snapshot was taken.
+    pub value: u64,
+}
+
+macro_rules! counters {
+    ($( $(#[doc = $doc:literal])+ $name:ident, )+) => {
+        /// Every counter of the node, copied at one moment. Counters only grow.
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct Counters {
+            $( $(#[doc = $doc])+ pub $name: u64, )+
+        }
+
+        impl Counters {
+            /// Every counter with its name and help text, in a fixed order.
+            pub fn list(&self) -> Vec<Counter> {
+                vec![$(
+                    Counter {
+                        name: stringify!($name),
+                        help: concat!($($doc),+),
+                        value: self.$name,
+                    },
+                )+]
+            }
+        }
+
+        /// The live counters, bumped without a lock by whichever thread sees the
+        /// event.
+        #[derive(Default)]
+        pub(crate) struct Stats {
+            $( pub(crate) $name: AtomicU64, )+
+        }
+
+        impl Stats {
+            /// A copy of every counter.
+            pub(crate) fn snapshot(&self) -> Counters {
+                Counters {
+                    $( $name: self.$name.load(Ordering::Relaxed), )+
+                }
+            }
+        }
+    };
+}
+
+/// Adds `n` to a counter and returns its value before.
+pub(crate) fn add(counter: &AtomicU64, n: u64) -> u64 {
+    counter.fetch_add(n, Ordering::Relaxed)
+}
+
+counters! {
+    /// Broadcasts delivered to the application (own ones excluded).
+    broadcasts_delivered,
+    /// Broadcast copies dropped because they had been seen already.
+    duplicates_dropped,
+    /// Broadcast frames queued for forwarding to neighbours (others' broadcasts, and
+    /// broadcasts a neighbour asked for with GRAFT).
+    frames_forwarded,
+    /// Every broadcast frame this node queued: its own broadcasts' copies plus
+    /// `frames_forwarded`. Summed over an overlay, it equals deliveries plus
+    /// duplicates once every copy has arrived.
+    broadcast_frames_sent,
+    /// Broadcasts asked for with GRAFT because the tree did not bring them in time
+    /// (a tree link or node failed, or the tree is still forming).
+    grafts_sent,
+    /// Peers dropped because their outbound queue stayed full.
+    slow_peers_dropped,
+    /// Events dropped because the application did not consume them.
+    events_dropped,
+    /// Accepted sockets closed at once because `max_pending_handshakes` were pending.
+    refused_connections,
+    /// Handshakes refused for a link cap or an address held by a live peer.
+    refused_links,
+    /// Connections closed during the handshake (timeout, bad or missing JOIN, wrong
+    /// network or version, refusal).
+    handshakes_failed,
+    /// Dials that failed to connect or to complete the handshake.
+    dial_failures,
+    /// Frames ignored as the protocol says: unknown types, broadcasts whose hop count
+    /// is out of range.
+    frames_ignored,
+    /// JOINs whose observed address was recorded as a vote on this node's own IP.
+    observations,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_list_names_every_counter_once_with_its_help() {
+        let stats = Stats::default();
+        add(&stats.grafts_sent, 3);
+        let list = stats.snapshot().list();
+        let names: Vec<&str> = list.iter().map(|c| c.name).collect();
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        assert!(list.iter().all(|c| !c.help.trim().is_empty()));
+        let grafts = list
+            .iter()
+            .find(|c| c.name == "grafts_sent")
+            .expect("listed");
+        assert_eq!(grafts.value, 3);
+        assert!(grafts.help.contains("GRAFT"), "{}", grafts.help);
+    }
+}

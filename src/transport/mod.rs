@@ -1,0 +1,227 @@
+//! The transport boundary: [`Stream`], the one type every byte of a connection goes
+//! through, and the pieces that move bytes (the [`outbox`], the thread helper).
+//!
+//! Everything above this module sees a `Stream` and its halves, never a `TcpStream`:
+//! the handshake writes JOIN through a [`WriteHalf`], the reader loop reads through a
+//! [`ReadHalf`], the outbox sends through its own `WriteHalf`, and the peer table
+//! keeps a [`Closer`] to shut a link down from another thread. The C++ original (and
+//! this crate before) cloned the socket up to four times per connection instead;
+//! here the halves share one descriptor, so a connection costs one.
+//!
+//! Today a stream is a TCP socket. A TLS session or a relayed circuit becomes another
+//! variant of `Inner`, with the same halves: the protocols above do not change. For
+//! TLS the halves keep only the session state under a lock and do the socket I/O
+//! outside it (a blocked reader must never hold what a writer needs).
+//!
+//! This module imports nothing from the layers above it.
+
+pub(crate) mod outbox;
+pub(crate) mod thread;
+
+use std::io::{self, Read};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::SockRef;
+
+/// A connection's byte stream, owned by its connection; see the module docs.
+pub(crate) struct Stream {
+    inner: Arc<Inner>,
+}
+
+/// What a stream runs over.
+enum Inner {
+    Tcp(TcpStream),
+}
+
+impl Stream {
+    /// A stream over an accepted or dialled TCP socket.
+    pub(crate) fn tcp(socket: TcpStream) -> Stream {
+        Stream {
+            inner: Arc::new(Inner::Tcp(socket)),
+        }
+    }
+
+    /// Dials `addr`, giving up after `timeout`.
+    pub(crate) fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Stream> {
+        TcpStream::connect_timeout(&addr, timeout).map(Stream::tcp)
+    }
+
+    /// Our end's socket address.
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
+        match &*self.inner {
+            Inner::Tcp(s) => s.local_addr(),
+        }
+    }
+
+    /// Small frames (PING, a short DATA) go out at once instead of waiting for an ACK.
+    pub(crate) fn set_nodelay(&self) {
+        match &*self.inner {
+            Inner::Tcp(s) => {
+                let _ = s.set_nodelay(true);
+            }
+        }
+    }
+
+    /// The reading side, for the handshake and then the reader loop.
+    pub(crate) fn reader(&self) -> ReadHalf {
+        ReadHalf {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+
+    /// The writing side, for the handshake and then the link's outbox.
+    pub(crate) fn writer(&self) -> WriteHalf {
+        WriteHalf {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+
+    /// A handle that can only shut the stream down, for the peer table and `stop`.
+    pub(crate) fn closer(&self) -> Closer {
+        Closer {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+
+    /// Shuts both directions down: both halves' blocked calls return.
+    pub(crate) fn shutdown(&self) {
+        self.inner.shutdown(Shutdown::Both);
+    }
+}
+
+impl Inner {
+    fn shutdown(&self, how: Shutdown) {
+        match self {
+            Inner::Tcp(s) => {
+                let _ = s.shutdown(how);
+            }
+        }
+    }
+}
+
+/// The reading side of a [`Stream`].
+pub(crate) struct ReadHalf {
+    inner: Arc<Inner>,
+}
+
+impl ReadHalf {
+    /// Bounds each blocking `read` (`None`: wait forever).
+    pub(crate) fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match &*self.inner {
+            Inner::Tcp(s) => s.set_read_timeout(t),
+        }
+    }
+}
+
+impl Read for ReadHalf {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &*self.inner {
+            Inner::Tcp(s) => {
+                let mut s: &TcpStream = s;
+                s.read(buf)
+            }
+        }
+    }
+}
+
+/// The writing side of a [`Stream`]. Sends never raise SIGPIPE.
+pub(crate) struct WriteHalf {
+    inner: Arc<Inner>,
+}
+
+impl WriteHalf {
+    /// Bounds each blocking send (`None`: wait forever).
+    pub(crate) fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match &*self.inner {
+            Inner::Tcp(s) => s.set_write_timeout(t),
+        }
+    }
+
+    /// Sends all of `buf`, blocking as long as the peer does not read (up to the write
+    /// timeout).
+    pub(crate) fn send_all(&self, mut buf: &[u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            match self.send_with(buf, SEND_FLAGS) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => buf = &buf[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether [`WriteHalf::try_send`] can send without blocking on this platform.
+    pub(crate) fn can_try_send(&self) -> bool {
+        DIRECT_FLAGS.is_some()
+    }
+
+    /// Sends what the socket takes at once, never blocking: `Ok(0)` when it takes
+    /// nothing (its buffer is full), or when [`WriteHalf::can_try_send`] is false.
+    pub(crate) fn try_send(&self, buf: &[u8]) -> io::Result<usize> {
+        let Some(flags) = DIRECT_FLAGS else {
+            return Ok(0);
+        };
+        loop {
+            match self.send_with(buf, flags) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Shuts down our sending direction (`Write`: the peer reads what was sent, then
+    /// the end) or both.
+    pub(crate) fn shutdown(&self, how: Shutdown) {
+        self.inner.shutdown(how);
+    }
+
+    fn send_with(&self, buf: &[u8], flags: Flags) -> io::Result<usize> {
+        match &*self.inner {
+            Inner::Tcp(s) => SockRef::from(s).send_with_flags(buf, flags),
+        }
+    }
+}
+
+/// A handle that shuts a [`Stream`] down from another thread (the peer table's, the
+/// retiring list's, `stop`'s). It holds the descriptor open, so it is dropped with
+/// the connection's registration.
+#[derive(Clone)]
+pub(crate) struct Closer {
+    inner: Arc<Inner>,
+}
+
+impl Closer {
+    /// Shuts down both directions: the reader and writer of the stream wake and end.
+    pub(crate) fn shutdown(&self) {
+        self.inner.shutdown(Shutdown::Both);
+    }
+
+    /// Shuts down our sending direction only: the peer reads what was sent, then EOF.
+    pub(crate) fn half_close(&self) {
+        self.inner.shutdown(Shutdown::Write);
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+type Flags = libc::c_int;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+type Flags = std::ffi::c_int;
+
+/// Flags for blocking sends: no SIGPIPE from a peer that hung up (std's own
+/// `TcpStream::write` does the same).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const SEND_FLAGS: Flags = libc::MSG_NOSIGNAL;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const SEND_FLAGS: Flags = 0;
+
+/// Flags for a send that must not block. Where the platform cannot send without
+/// blocking on a blocking socket, every frame goes through the writer thread.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const DIRECT_FLAGS: Option<Flags> = Some(libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT);
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const DIRECT_FLAGS: Option<Flags> = None;
