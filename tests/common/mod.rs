@@ -272,9 +272,10 @@ impl RawPeer {
         self.listener.local_addr().expect("listener addr").port()
     }
 
-    /// Our listen address, as a node lists us.
+    /// Our listen address, as a node lists us (127.0.0.1, or the source IP of
+    /// [`connect_from`](RawPeer::connect_from)).
     pub fn listen_addr(&self) -> SocketAddr {
-        SocketAddr::new(localhost(), self.listen_port())
+        self.listener.local_addr().expect("listener addr")
     }
 
     /// A valid JOIN for `network` with our id and listen port.
@@ -395,6 +396,33 @@ impl RawPeer {
         }
         self.recv_until(|m| matches!(m, P2PMessage::Pong { nonce: n } if *n == nonce))
             .is_some()
+    }
+}
+
+impl RawPeer {
+    /// Like [`connect`](RawPeer::connect), but from source IP `src` (any 127.x.y.z
+    /// reaches a loopback listener on Linux), so the node sees the connection come from
+    /// `src`. The listener our JOIN announces is bound on `src` too.
+    pub fn connect_from(src: IpAddr, addr: SocketAddr) -> RawPeer {
+        RawPeer::try_connect_from(src, addr)
+            .unwrap_or_else(|e| panic!("raw connect from {src} to {addr}: {e}"))
+    }
+
+    /// Like [`connect_from`](RawPeer::connect_from), returning the error instead of
+    /// panicking.
+    pub fn try_connect_from(src: IpAddr, addr: SocketAddr) -> io::Result<RawPeer> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.bind(&SocketAddr::new(src, 0).into())?;
+        socket.connect_timeout(&addr.into(), DEADLINE)?;
+        let stream = TcpStream::from(socket);
+        stream.set_read_timeout(Some(DEADLINE))?;
+        stream.set_write_timeout(Some(DEADLINE))?;
+        Ok(RawPeer {
+            id: NodeId::random(),
+            stream,
+            listener: TcpListener::bind((src, 0))?,
+        })
     }
 }
 
