@@ -1,8 +1,9 @@
 //! The command language typed at a node's standard input, and the text the `p2p-node`
-//! binary prints. The C++ `main.cpp` compared whole lines inline and printed the
-//! command list for anything else; here parsing is a pure function with typed errors
-//! (tested by the table at the bottom), and formatting is kept apart from the node,
-//! which never prints.
+//! binary prints. A module of the binary, not of the library: the library never prints
+//! and hands out data and events; what the lines look like is the binary's business.
+//! The C++ `main.cpp` compared whole lines inline and printed the command list for
+//! anything else; here parsing is a pure function with typed errors (tested by the
+//! table at the bottom), and formatting is kept apart from the node.
 //!
 //! The output lines are a contract that scripts and the tests rely on; README.md
 //! documents them.
@@ -10,13 +11,11 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::event::{Event, PeerInfo};
-use crate::known_addrs::KnownAddr;
-use crate::node::NodeInfo;
+use p2p_overlay::{Event, KnownAddr, NodeInfo, PeerInfo};
 
 /// One command line, parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Command {
+pub(crate) enum Command {
     /// `peers`: list live links.
     Peers,
     /// `send <host:port> <text>`: a direct message; the text is kept verbatim.
@@ -58,7 +57,7 @@ pub enum Command {
 
 /// Why a command line was not understood.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CommandError {
+pub(crate) enum CommandError {
     /// The first word is not a command.
     Unknown(String),
     /// A command is missing an argument.
@@ -97,7 +96,7 @@ impl fmt::Display for CommandError {
 impl std::error::Error for CommandError {}
 
 /// The `help` text.
-pub const HELP: &str = "\
+pub(crate) const HELP: &str = "\
 commands:
   peers                      list connected peers: address, id, direction, round trip
   send <host:port> <text>    send a direct message (dials the peer if not connected)
@@ -112,7 +111,7 @@ commands:
 
 /// Parses one line. `Ok(None)` for a blank line. Only the line ending is removed from
 /// message text; inner and trailing spaces are kept.
-pub fn parse_command(line: &str) -> Result<Option<Command>, CommandError> {
+pub(crate) fn parse_command(line: &str) -> Result<Option<Command>, CommandError> {
     let line = line.trim_end_matches(['\r', '\n']);
     let trimmed = line.trim_start();
     if trimmed.trim().is_empty() {
@@ -234,7 +233,7 @@ fn split_word(s: &str) -> (&str, &str) {
 }
 
 /// A port from 1 to 65535 (0 cannot be dialled).
-pub fn parse_port(s: &str) -> Result<u16, CommandError> {
+fn parse_port(s: &str) -> Result<u16, CommandError> {
     match s.parse::<u16>() {
         Ok(p) if p != 0 => Ok(p),
         _ => Err(CommandError::BadPort(s.to_string())),
@@ -250,7 +249,7 @@ fn fmt_rtt(rtt: Option<Duration>) -> String {
 
 /// `peers` output: one line per peer starting with its listen address, or one line
 /// saying there are none.
-pub fn format_peers(peers: &[PeerInfo]) -> Vec<String> {
+pub(crate) fn format_peers(peers: &[PeerInfo]) -> Vec<String> {
     if peers.is_empty() {
         return vec!["no peers connected".to_string()];
     }
@@ -270,7 +269,7 @@ pub fn format_peers(peers: &[PeerInfo]) -> Vec<String> {
 }
 
 /// The line printed for an event.
-pub fn format_event(ev: &Event) -> String {
+pub(crate) fn format_event(ev: &Event) -> String {
     match ev {
         Event::PeerUp(p) => format!(
             "peer up: {} (id {}, {})",
@@ -285,7 +284,7 @@ pub fn format_event(ev: &Event) -> String {
 }
 
 /// `known` output.
-pub fn format_known(known: &[KnownAddr]) -> Vec<String> {
+pub(crate) fn format_known(known: &[KnownAddr]) -> Vec<String> {
     if known.is_empty() {
         return vec!["no known addresses".to_string()];
     }
@@ -314,7 +313,7 @@ pub fn format_known(known: &[KnownAddr]) -> Vec<String> {
 }
 
 /// `info` output.
-pub fn format_info(i: &NodeInfo) -> Vec<String> {
+pub(crate) fn format_info(i: &NodeInfo) -> Vec<String> {
     vec![
         format!("id: {}", i.node_id),
         format!("listening: {}", i.local_addr),

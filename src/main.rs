@@ -11,6 +11,8 @@
 //! it runs under a service manager or with `< /dev/null`); output is line-oriented
 //! and documented in README.md.
 
+mod cli;
+
 use std::io::{self, BufRead};
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
@@ -19,8 +21,9 @@ use std::time::Duration;
 use clap::Parser;
 use crossbeam_channel::{bounded, never, select, unbounded, Receiver};
 
-use p2p_overlay::cli::{self, Command};
 use p2p_overlay::{peer_cache, resolve_peer_addr, Config, Node};
+
+use crate::cli::Command;
 
 const AFTER_HELP: &str = "\
 Commands are read from standard input, one per line (type 'help' once running).
