@@ -9,7 +9,9 @@
 //! Differences from the C++: bad arguments print one line and exit 2 instead of
 //! throwing from `std::stoi`; end of input stops reading commands but not the node (so
 //! it runs under a service manager or with `< /dev/null`); output is line-oriented
-//! and documented in README.md.
+//! and documented in README.md, and an event is always exactly one line: peer text
+//! is printed with its control characters escaped (`cli::escape_line`), where the C++
+//! printed whatever bytes arrived.
 
 mod cli;
 
