@@ -1,20 +1,33 @@
 //! The command language typed at a node's standard input, and the text the `p2p-node`
-//! binary prints. The C++ `main.cpp` compared whole lines inline and printed the
-//! command list for anything else; here parsing is a pure function with typed errors
-//! (tested by the table at the bottom), and formatting is kept apart from the node,
-//! which never prints.
+//! binary prints. A module of the binary, not of the library: the library never prints
+//! and hands out data and events; what the lines look like is the binary's business.
+//! The C++ `main.cpp` compared whole lines inline and printed the command list for
+//! anything else; here parsing is a pure function with typed errors (tested by the
+//! table at the bottom), and formatting is kept apart from the node.
 //!
-//! The output lines are a contract that scripts and the tests rely on; README.md
-//! documents them.
+//! # Stdout is a contract
+//!
+//! The output lines are a contract that scripts and the tests rely on (README.md,
+//! "Output contract"): they read stdout line by line and act on prefixes such as
+//! `peer up: ` and `peer down: `. Message and broadcast texts come from peers, possibly
+//! several hops away, and the library delivers them verbatim. Printed raw, a text with
+//! a newline would add a forged `peer up:` line of its own, a carriage return would
+//! overwrite the start of its line, and ESC or a C1 control would drive the terminal
+//! (clear it, set its title, write the clipboard with OSC 52). So [`format_event`]
+//! passes every event line through [`escape_line`]: one event is always one line,
+//! with no character that moves the cursor, drives the terminal, or reorders or hides
+//! text. The escapes are reversible (`\` is doubled), so a script can still recover
+//! the exact text.
 
-use std::fmt;
+use std::borrow::Cow;
+use std::fmt::{self, Write as _};
 use std::time::Duration;
 
 use p2p_overlay::{Event, KnownAddr, NodeInfo, PeerInfo};
 
 /// One command line, parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Command {
+pub(crate) enum Command {
     /// `peers`: list live links.
     Peers,
     /// `send <host:port> <text>`: a direct message; the text is kept verbatim.
@@ -56,7 +69,7 @@ pub enum Command {
 
 /// Why a command line was not understood.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CommandError {
+pub(crate) enum CommandError {
     /// The first word is not a command.
     Unknown(String),
     /// A command is missing an argument.
@@ -95,7 +108,7 @@ impl fmt::Display for CommandError {
 impl std::error::Error for CommandError {}
 
 /// The `help` text.
-pub const HELP: &str = "\
+pub(crate) const HELP: &str = "\
 commands:
   peers                      list connected peers: address, id, direction, round trip
   send <host:port> <text>    send a direct message (dials the peer if not connected)
@@ -110,7 +123,7 @@ commands:
 
 /// Parses one line. `Ok(None)` for a blank line. Only the line ending is removed from
 /// message text; inner and trailing spaces are kept.
-pub fn parse_command(line: &str) -> Result<Option<Command>, CommandError> {
+pub(crate) fn parse_command(line: &str) -> Result<Option<Command>, CommandError> {
     let line = line.trim_end_matches(['\r', '\n']);
     let trimmed = line.trim_start();
     if trimmed.trim().is_empty() {
@@ -232,7 +245,7 @@ fn split_word(s: &str) -> (&str, &str) {
 }
 
 /// A port from 1 to 65535 (0 cannot be dialled).
-pub fn parse_port(s: &str) -> Result<u16, CommandError> {
+fn parse_port(s: &str) -> Result<u16, CommandError> {
     match s.parse::<u16>() {
         Ok(p) if p != 0 => Ok(p),
         _ => Err(CommandError::BadPort(s.to_string())),
@@ -248,7 +261,7 @@ fn fmt_rtt(rtt: Option<Duration>) -> String {
 
 /// `peers` output: one line per peer starting with its listen address, or one line
 /// saying there are none.
-pub fn format_peers(peers: &[PeerInfo]) -> Vec<String> {
+pub(crate) fn format_peers(peers: &[PeerInfo]) -> Vec<String> {
     if peers.is_empty() {
         return vec!["no peers connected".to_string()];
     }
@@ -267,9 +280,11 @@ pub fn format_peers(peers: &[PeerInfo]) -> Vec<String> {
         .collect()
 }
 
-/// The line printed for an event.
-pub fn format_event(ev: &Event) -> String {
-    match ev {
+/// The line printed for an event: always exactly one line, because the whole line
+/// (peer text, and the reason, which might one day carry peer text too) goes through
+/// [`escape_line`]. No second allocation when nothing needs escaping.
+pub(crate) fn format_event(ev: &Event) -> String {
+    let line = match ev {
         Event::PeerUp(p) => format!(
             "peer up: {} (id {}, {})",
             p.addr,
@@ -281,11 +296,77 @@ pub fn format_event(ev: &Event) -> String {
         Event::Broadcast { origin, text, .. } => format!("broadcast from {origin}: {text}"),
         // `Event` is non_exhaustive: a kind this binary does not know yet.
         other => format!("event: {other:?}"),
+    };
+    let escaped = match escape_line(&line) {
+        Cow::Borrowed(_) => None,
+        Cow::Owned(escaped) => Some(escaped),
+    };
+    escaped.unwrap_or(line)
+}
+
+/// `line` made safe to print as one line of the output contract:
+///
+/// - `\` becomes `\\`, so the form is unambiguous and can be undone;
+/// - line feed, carriage return and tab become `\n`, `\r`, `\t`;
+/// - every other control character (Unicode category Cc: U+0000 to U+001F, U+007F,
+///   U+0080 to U+009F, so ESC and the C1 CSI U+009B too), the bidi controls U+061C,
+///   U+200E, U+200F, U+202A to U+202E and U+2066 to U+2069, the line and paragraph
+///   separators U+2028 and U+2029, and the invisible U+200B to U+200D, U+2060 and
+///   U+FEFF become `\u{XXXX}`: the code point in uppercase hex, at least 4 digits
+///   (ESC is `\u{001B}`).
+///
+/// Everything else prints as is, non-ASCII letters and emoji included; an emoji
+/// sequence held together by the zero-width joiner shows it as `\u{200D}`. Borrows
+/// `line` when nothing needs escaping, the usual case, so printing allocates nothing
+/// more then.
+pub(crate) fn escape_line(line: &str) -> Cow<'_, str> {
+    let Some(first) = line.find(needs_escape) else {
+        return Cow::Borrowed(line);
+    };
+    let mut out = String::with_capacity(line.len() + 16);
+    out.push_str(&line[..first]);
+    for c in line[first..].chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if needs_escape(c) => {
+                // Writing to a String cannot fail.
+                let _ = write!(out, "\\u{{{:04X}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
     }
+    Cow::Owned(out)
+}
+
+/// Whether [`escape_line`] replaces `c`.
+fn needs_escape(c: char) -> bool {
+    // `is_control` is exactly category Cc: U+0000-U+001F and U+007F-U+009F.
+    c == '\\'
+        || c.is_control()
+        || matches!(
+            c,
+            // Arabic letter mark; bidi marks, embeddings, overrides and isolates.
+            '\u{061C}'
+                | '\u{200E}'
+                | '\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2066}'..='\u{2069}'
+                // Line and paragraph separators: a new line to some terminals and editors.
+                | '\u{2028}'
+                | '\u{2029}'
+                // Zero-width space, non-joiner, joiner; word joiner; zero-width no-break
+                // space (byte order mark): invisible, so they can hide or split text.
+                | '\u{200B}'..='\u{200D}'
+                | '\u{2060}'
+                | '\u{FEFF}'
+        )
 }
 
 /// `known` output.
-pub fn format_known(known: &[KnownAddr]) -> Vec<String> {
+pub(crate) fn format_known(known: &[KnownAddr]) -> Vec<String> {
     if known.is_empty() {
         return vec!["no known addresses".to_string()];
     }
@@ -316,7 +397,7 @@ pub fn format_known(known: &[KnownAddr]) -> Vec<String> {
 /// `info` output: identity and gauges, one per line, then every counter of
 /// [`Counters::list`](p2p_overlay::Counters::list) as `name=value` on one last line
 /// (`counters: ...`), so a new counter shows up here without a change.
-pub fn format_info(i: &NodeInfo) -> Vec<String> {
+pub(crate) fn format_info(i: &NodeInfo) -> Vec<String> {
     let counters: Vec<String> = i
         .counters
         .list()
@@ -345,6 +426,8 @@ pub fn format_info(i: &NodeInfo) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn ok(line: &str) -> Option<Command> {
@@ -512,5 +595,249 @@ mod tests {
     #[test]
     fn empty_peer_list_says_so() {
         assert_eq!(format_peers(&[]), vec!["no peers connected".to_string()]);
+    }
+
+    /// The escape table of README.md's output contract, class by class: (what, text,
+    /// printed).
+    const ESCAPES: &[(&str, &str, &str)] = &[
+        ("empty", "", ""),
+        (
+            "README.md's example",
+            "hi\npeer up: x\x1b[2J",
+            r"hi\npeer up: x\u{001B}[2J",
+        ),
+        (
+            "plain ASCII",
+            "Hello, Node B! 1+1=2 ~#$%&*()[]{}",
+            "Hello, Node B! 1+1=2 ~#$%&*()[]{}",
+        ),
+        (
+            "non-ASCII letters",
+            "Grüße, Ελλάδα, Привет, 東京, عربى",
+            "Grüße, Ελλάδα, Привет, 東京, عربى",
+        ),
+        ("emoji", "hi 😀🎉 ✓", "hi 😀🎉 ✓"),
+        ("backslash", "C:\\dir\\", r"C:\\dir\\"),
+        (
+            "a text that looks escaped",
+            "\\n \\u{001B}",
+            r"\\n \\u{001B}",
+        ),
+        ("LF", "hi\npeer up: x", r"hi\npeer up: x"),
+        ("CR", "ok\rforged", r"ok\rforged"),
+        ("CRLF", "a\r\n", r"a\r\n"),
+        ("TAB", "a\tb", r"a\tb"),
+        ("NUL", "a\0b", r"a\u{0000}b"),
+        ("BEL", "\x07", r"\u{0007}"),
+        ("ESC[2J clears the screen", "\x1b[2J", r"\u{001B}[2J"),
+        (
+            "OSC 52 writes the clipboard",
+            "\x1b]52;c;aGk=\x07",
+            r"\u{001B}]52;c;aGk=\u{0007}",
+        ),
+        (
+            "OSC 0 sets the window title",
+            "\x1b]0;owned\x07",
+            r"\u{001B}]0;owned\u{0007}",
+        ),
+        ("unit separator", "\x1f", r"\u{001F}"),
+        ("DEL", "\x7f", r"\u{007F}"),
+        ("C1 NEL", "\u{85}", r"\u{0085}"),
+        ("C1 CSI", "\u{9b}31m", r"\u{009B}31m"),
+        ("last C1", "\u{9f}", r"\u{009F}"),
+        (
+            "right-to-left override",
+            "abc\u{202e}fed",
+            r"abc\u{202E}fed",
+        ),
+        (
+            "bidi marks and embeddings",
+            "\u{61c}\u{200e}\u{200f}\u{202a}\u{202b}\u{202c}\u{202d}",
+            r"\u{061C}\u{200E}\u{200F}\u{202A}\u{202B}\u{202C}\u{202D}",
+        ),
+        (
+            "bidi isolates",
+            "\u{2066}\u{2067}\u{2068}\u{2069}",
+            r"\u{2066}\u{2067}\u{2068}\u{2069}",
+        ),
+        ("line separator", "a\u{2028}b", r"a\u{2028}b"),
+        ("paragraph separator", "a\u{2029}b", r"a\u{2029}b"),
+        ("byte order mark", "\u{feff}x", r"\u{FEFF}x"),
+        (
+            "zero-width characters",
+            "\u{200b}\u{200c}\u{200d}\u{2060}",
+            r"\u{200B}\u{200C}\u{200D}\u{2060}",
+        ),
+        ("emoji joined by ZWJ", "👩\u{200d}💻", r"👩\u{200D}💻"),
+        (
+            "neighbours of the escaped ranges print as is",
+            "\u{a0}\u{200a}\u{2027}\u{202f}",
+            "\u{a0}\u{200a}\u{2027}\u{202f}",
+        ),
+    ];
+
+    #[test]
+    fn escape_table() {
+        for (what, text, printed) in ESCAPES {
+            assert_eq!(escape_line(text), *printed, "{what}: {text:?}");
+        }
+    }
+
+    #[test]
+    fn nothing_to_escape_is_borrowed() {
+        for line in [
+            "",
+            "message from 127.0.0.1:9000: Hello from Node B!",
+            "broadcast from [::1]:9000: Grüße 😀",
+        ] {
+            match escape_line(line) {
+                Cow::Borrowed(b) => assert!(std::ptr::eq(b, line), "{line:?}"),
+                Cow::Owned(o) => panic!("{line:?} was copied to {o:?}"),
+            }
+        }
+    }
+
+    /// Undoes [`escape_line`]; `None` for anything it never produces (a lone `\`, an
+    /// unknown escape, lowercase or short hex).
+    fn unescape(s: &str) -> Option<String> {
+        let mut out = String::new();
+        let mut chars = s.chars();
+        while let Some(c) = chars.next() {
+            if c != '\\' {
+                out.push(c);
+                continue;
+            }
+            match chars.next()? {
+                '\\' => out.push('\\'),
+                'n' => out.push('\n'),
+                'r' => out.push('\r'),
+                't' => out.push('\t'),
+                'u' => {
+                    if chars.next()? != '{' {
+                        return None;
+                    }
+                    let mut hex = String::new();
+                    loop {
+                        match chars.next()? {
+                            '}' => break,
+                            h if h.is_ascii_digit() || ('A'..='F').contains(&h) => hex.push(h),
+                            _ => return None,
+                        }
+                    }
+                    if hex.len() < 4 {
+                        return None;
+                    }
+                    out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+                }
+                _ => return None,
+            }
+        }
+        Some(out)
+    }
+
+    #[test]
+    fn unescape_inverts_the_table() {
+        for (what, text, printed) in ESCAPES {
+            assert_eq!(unescape(printed).as_deref(), Some(*text), "{what}");
+        }
+    }
+
+    /// Characters that stress the escaping: every class it handles, its boundaries,
+    /// and the characters an escape is made of.
+    const TRICKY: &[char] = &[
+        '\\', 'u', '{', '}', 'n', 'r', 't', '0', 'B', 'F', '\0', '\t', '\n', '\r', '\x07', '\x1b',
+        '\x1f', ' ', '~', '\x7f', '\u{80}', '\u{85}', '\u{9b}', '\u{9f}', '\u{a0}', '\u{61c}',
+        '\u{200a}', '\u{200b}', '\u{200d}', '\u{200e}', '\u{200f}', '\u{2027}', '\u{2028}',
+        '\u{2029}', '\u{202a}', '\u{202e}', '\u{202f}', '\u{2060}', '\u{2066}', '\u{2069}',
+        '\u{feff}', 'é', '東', '😀',
+    ];
+
+    /// Up to 40 characters, about half of them from `TRICKY`.
+    fn tricky_text() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![any::<char>(), proptest::sample::select(TRICKY)],
+            0..40,
+        )
+        .prop_map(String::from_iter)
+    }
+
+    proptest! {
+        /// Escaping can be undone, leaves no control character at all, and copies only
+        /// when there is something to escape.
+        #[test]
+        fn escaping_round_trips_and_leaves_no_control_character(text in tricky_text()) {
+            let escaped = escape_line(&text);
+            prop_assert_eq!(unescape(&escaped), Some(text.clone()));
+            for c in escaped.chars() {
+                let n = u32::from(c);
+                prop_assert!(n >= 0x20 && !(0x7F..=0x9F).contains(&n), "{:?}", escaped);
+                prop_assert!(c == '\\' || !needs_escape(c), "{:?}", escaped);
+            }
+            let has_escapable = text.chars().any(needs_escape);
+            prop_assert_eq!(matches!(escaped, Cow::Owned(_)), has_escapable);
+        }
+    }
+
+    #[test]
+    fn every_event_is_one_line_with_peer_text_escaped() {
+        let addr: std::net::SocketAddr = "127.0.0.1:9001".parse().expect("addr");
+        let id = p2p_overlay::NodeId(0xab);
+        let forged = "hi\npeer up: 127.0.0.1:1 (id 1, in)\r\x1b[2J";
+        let cases = [
+            (
+                Event::PeerUp(PeerInfo {
+                    node_id: id,
+                    addr,
+                    direction: p2p_overlay::Direction::Outbound,
+                    rtt: None,
+                    connected_for: Duration::ZERO,
+                }),
+                "peer up: 127.0.0.1:9001 (id 00000000000000ab, out)",
+            ),
+            (
+                Event::PeerDown {
+                    node_id: id,
+                    addr,
+                    reason: p2p_overlay::DownReason::Left,
+                },
+                "peer down: 127.0.0.1:9001 (left)",
+            ),
+            (
+                Event::PeerDown {
+                    node_id: id,
+                    addr,
+                    reason: p2p_overlay::DownReason::BadFrame(forged.into()),
+                },
+                r"peer down: 127.0.0.1:9001 (hi\npeer up: 127.0.0.1:1 (id 1, in)\r\u{001B}[2J)",
+            ),
+            (
+                Event::Message {
+                    from_id: id,
+                    from: addr,
+                    text: "Hello from Node B!".into(),
+                },
+                "message from 127.0.0.1:9001: Hello from Node B!",
+            ),
+            (
+                Event::Message {
+                    from_id: id,
+                    from: addr,
+                    text: forged.into(),
+                },
+                r"message from 127.0.0.1:9001: hi\npeer up: 127.0.0.1:1 (id 1, in)\r\u{001B}[2J",
+            ),
+            (
+                Event::Broadcast {
+                    origin_id: id,
+                    origin: addr,
+                    hops: 2,
+                    text: forged.into(),
+                },
+                r"broadcast from 127.0.0.1:9001: hi\npeer up: 127.0.0.1:1 (id 1, in)\r\u{001B}[2J",
+            ),
+        ];
+        for (ev, line) in cases {
+            assert_eq!(format_event(&ev), line, "{ev:?}");
+        }
     }
 }

@@ -11,7 +11,11 @@
 //! | `PeerConnectionFactory`      | `PeerConnectionFactory` (`peer_connection_factory.rs`) |
 //! | `PeerConnection::run`        | `PeerConnection::run` (`peer_connection.rs`)      |
 //! | `P2PMessage`, `MessageType`  | [`P2PMessage`], [`MessageType`] (`p2p_message.rs`) |
-//! | `main.cpp`                   | `src/main.rs` + [`cli`]                           |
+//! | `main.cpp`                   | `src/main.rs` + `src/cli.rs` (binary only)        |
+//!
+//! The command language and the output lines (`src/cli.rs`) belong to the `p2p-node`
+//! binary, not to this library's API: the library never prints, it hands out data and
+//! [`Event`]s.
 //!
 //! What the C++ lacked has modules of its own: the peer table (`peer_table.rs`), the
 //! address book ([`known_addrs`]) and its file ([`peer_cache`]), the broadcast

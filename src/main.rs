@@ -9,7 +9,11 @@
 //! Differences from the C++: bad arguments print one line and exit 2 instead of
 //! throwing from `std::stoi`; end of input stops reading commands but not the node (so
 //! it runs under a service manager or with `< /dev/null`); output is line-oriented
-//! and documented in README.md.
+//! and documented in README.md, and an event is always exactly one line: peer text
+//! is printed with its control characters escaped (`cli::escape_line`), where the C++
+//! printed whatever bytes arrived.
+
+mod cli;
 
 use std::io::{self, BufRead};
 use std::net::{IpAddr, SocketAddr};
@@ -19,10 +23,9 @@ use std::time::Duration;
 use clap::Parser;
 use crossbeam_channel::{bounded, never, select, unbounded, Receiver};
 
-mod cli;
-
-use cli::Command;
 use p2p_overlay::{peer_cache, resolve_peer_addr, Config, Node};
+
+use crate::cli::Command;
 
 const AFTER_HELP: &str = "\
 Commands are read from standard input, one per line (type 'help' once running).

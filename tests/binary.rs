@@ -11,9 +11,14 @@
 //! - signals are sent to one PID, with the `kill` program (the race test that signals
 //!   right after the first line uses `sh`'s built-in `kill`, also by PID, to be fast
 //!   enough).
+//!
+//! The output-forging tests also use `tests/common` for a raw peer that speaks the
+//! wire protocol by hand and for an in-process library node.
+
+mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -369,6 +374,16 @@ impl NodeProc {
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter(|l| *l == line)
+            .count()
+    }
+
+    /// How many stdout lines so far (consumed or not) start with `prefix`.
+    fn count_lines_starting(&self, prefix: &str) -> usize {
+        self.out_history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|l| l.starts_with(prefix))
             .count()
     }
 
@@ -991,5 +1006,137 @@ fn kill_9_during_cache_writes_never_leaves_a_torn_file() {
             leftovers <= 1,
             "round {round}: {leftovers} temporary files pile up"
         );
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Output forging: peer text is escaped, one event is one line
+// ---------------------------------------------------------------------------------
+
+/// A peer's text that, printed raw, would add a forged `peer up:` line, return the
+/// carriage, clear the screen, write the clipboard (OSC 52), open a C1 CSI sequence
+/// and reverse what follows (U+202E).
+const FORGING_TEXT: &str = "hi\npeer up: 127.0.0.1:1 (id 0000000000000001, in)\r\x1b[2J\
+                            \x1b]52;c;aGk=\x07\u{9b}31m\u{202e}evil";
+
+/// `FORGING_TEXT` as the binary must print it (README.md, "Output contract").
+const FORGING_TEXT_ESCAPED: &str = concat!(
+    r"hi\npeer up: 127.0.0.1:1 (id 0000000000000001, in)\r\u{001B}[2J",
+    r"\u{001B}]52;c;aGk=\u{0007}\u{009B}31m\u{202E}evil"
+);
+
+/// The line `FORGING_TEXT` tries to make a script believe in.
+const FORGED_LINE: &str = "peer up: 127.0.0.1:1 (id 0000000000000001, in)";
+
+/// Called once the line starting with `prefix` has been seen. Waits until `node` has
+/// answered a `peers` command, printed after that line's whole `println!`, so anything
+/// a raw text would have added to it is out; then checks all of stdout: exactly one
+/// line starts with `prefix` and it is `want`, no line starts with `FORGED_LINE`, and
+/// no line carries a control character (C0, DEL, C1) or U+202E.
+fn assert_printed_once_escaped(node: &mut NodeProc, prefix: &str, want: &str) {
+    node.peers();
+    let stdout = node
+        .out_history
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let matching: Vec<&String> = stdout.iter().filter(|l| l.starts_with(prefix)).collect();
+    if matching != [want] {
+        node.fail(&format!(
+            "expected exactly one {prefix:?} line {want:?}, got {matching:?}"
+        ));
+    }
+    if let Some(l) = stdout.iter().find(|l| l.starts_with(FORGED_LINE)) {
+        node.fail(&format!("forged line printed: {l:?}"));
+    }
+    if let Some(l) = stdout
+        .iter()
+        .find(|l| l.chars().any(|c| c.is_control() || c == '\u{202e}'))
+    {
+        node.fail(&format!("control character printed: {l:?}"));
+    }
+}
+
+/// `127.0.0.1:<port>` of a node process, as a socket address.
+fn sock(node: &NodeProc) -> SocketAddr {
+    node.addr().parse().expect("a node's listen address")
+}
+
+/// A raw peer's DATA text full of control characters prints as one `message from`
+/// line with the text escaped; no forged `peer up:` line appears.
+#[test]
+fn data_with_control_characters_prints_one_escaped_line() {
+    let log = Log::default();
+    let mut a = NodeProc::start(&log, "A", &["--no-auto-dial"]);
+    let (mut raw, _) = common::RawPeer::join(sock(&a), &common::default_network());
+    let raw_addr = raw.listen_addr();
+    a.expect_exact(&format!("peer up: {raw_addr} (id {}, in)", raw.id));
+
+    raw.send(&p2p_overlay::P2PMessage::Data {
+        text: FORGING_TEXT.to_string(),
+    });
+    let want = format!("message from {raw_addr}: {FORGING_TEXT_ESCAPED}");
+    let got = a.expect_line("`message from `", |l| l.starts_with("message from "));
+    if got != want {
+        a.fail(&format!("printed {got:?}, expected {want:?}"));
+    }
+    assert_printed_once_escaped(&mut a, "message from ", &want);
+
+    a.send_line("exit");
+    a.expect_clean_exit();
+}
+
+/// The same text as a BROADCAST from a library node, relayed by the `p2p-node` A to
+/// the `p2p-node` B (origin -> A -> B; no node auto-dials, so B has no link to the
+/// origin): both print one escaped `broadcast from` line, escaping holds for relayed
+/// text too.
+#[test]
+fn relayed_broadcast_with_control_characters_prints_one_escaped_line() {
+    let log = Log::default();
+    let mut a = NodeProc::start(&log, "A", &["--no-auto-dial"]);
+    let a_port = a.port.to_string();
+    let mut b = NodeProc::start(&log, "B", &["127.0.0.1", &a_port, "--no-auto-dial"]);
+    a.expect_exact(&format!("peer up: {} (id {}, in)", b.addr(), b.id));
+    b.expect_exact(&format!("peer up: {} (id {}, out)", a.addr(), a.id));
+
+    let origin = common::start_node(|c| c.auto_dial = false);
+    if let Err(e) = origin.connect_to_peer(sock(&a)) {
+        a.fail(&format!("the origin cannot link to A: {e}"));
+    }
+    a.expect_exact(&format!(
+        "peer up: {} (id {}, in)",
+        origin.addr(),
+        origin.id()
+    ));
+    match origin.broadcast_data(FORGING_TEXT) {
+        Ok(1) => {}
+        other => a.fail(&format!(
+            "broadcast from the origin: {other:?}, expected Ok(1)"
+        )),
+    }
+
+    let want = format!("broadcast from {}: {FORGING_TEXT_ESCAPED}", origin.addr());
+    for node in [&mut a, &mut b] {
+        let got = node.expect_line("`broadcast from `", |l| l.starts_with("broadcast from "));
+        if got != want {
+            node.fail(&format!("printed {got:?}, expected {want:?}"));
+        }
+        assert_printed_once_escaped(node, "broadcast from ", &want);
+    }
+    // B got it through A: its only link, ever, is A.
+    let on_b = b.peers();
+    if on_b.len() != 1 || !on_b[0].starts_with(&format!("{} ", a.addr())) {
+        b.fail(&format!(
+            "B should be linked to A only, `peers` says {on_b:?}"
+        ));
+    }
+    let origin_up = format!("peer up: {} ", origin.addr());
+    if b.count_lines_starting(&origin_up) != 0 {
+        b.fail("B linked to the origin: the broadcast was not relayed");
+    }
+
+    for node in [&mut a, &mut b] {
+        node.send_line("exit");
+        node.expect_clean_exit();
     }
 }

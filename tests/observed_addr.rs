@@ -220,7 +220,7 @@ fn refused_joins_do_not_vote() {
         "the refused link stayed open"
     );
     assert!(
-        eventually(DEADLINE, || a.info().refused_links == 1),
+        eventually(DEADLINE, || a.info().counters.refused_links == 1),
         "{:?}",
         a.info()
     );
@@ -229,7 +229,7 @@ fn refused_joins_do_not_vote() {
     let (mut other_net, _) = claim(home, ip(127, 0, 0, 4), claimed, "another-network");
     assert!(other_net.closed_within(DEADLINE), "a foreign JOIN was kept");
     assert!(
-        eventually(DEADLINE, || a.info().handshakes_failed == 1),
+        eventually(DEADLINE, || a.info().counters.handshakes_failed == 1),
         "{:?}",
         a.info()
     );
