@@ -25,13 +25,14 @@ use crate::links::{DialClaim, Links};
 use crate::maintenance;
 use crate::p2p_message::{NodeId, P2PMessage};
 use crate::peer_connection::Dial;
-use crate::peer_connection_factory::{wake_acceptor, PeerConnectionFactory};
+use crate::peer_connection_factory::PeerConnectionFactory;
 use crate::protocol::Protocols;
 use crate::shared::Shared;
 use crate::state::known_addrs::{is_dialable, KnownAddr};
 use crate::state::stats::Counters;
 use crate::transport::outbox::Frame;
 use crate::transport::thread::spawn_named;
+use crate::transport::wake_listener;
 
 /// A running overlay node. Cheap to share between threads (`Send + Sync`); dropping it
 /// stops it.
@@ -125,7 +126,7 @@ impl Node {
             Ok(h) => h,
             Err(e) => {
                 shared.links.stop_running();
-                wake_acceptor(local_addr);
+                wake_listener(local_addr);
                 let _ = acceptor.join();
                 return Err(Error::Thread(e));
             }
@@ -333,7 +334,7 @@ impl Node {
         if threads.maintenance.join().is_err() {
             log::error!("maintenance thread panicked");
         }
-        wake_acceptor(shared.local_addr);
+        wake_listener(shared.local_addr);
         if threads.acceptor.join().is_err() {
             log::error!("acceptor thread panicked");
         }

@@ -16,7 +16,7 @@
 //!   `Node::stop` can shut it down, and every thread handle is kept there to be joined.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +39,7 @@ impl PeerConnectionFactory {
 
     /// The acceptor thread's body: hands every accepted socket to
     /// [`PeerConnectionFactory::create_connection`] until the node stops (then
-    /// [`wake_acceptor`] makes `accept` return).
+    /// `transport::wake_listener` makes `accept` return).
     pub(crate) fn run_acceptor(&self, listener: TcpListener) {
         let links = &self.shared.links;
         for socket in listener.incoming() {
@@ -141,21 +141,5 @@ impl PeerConnectionFactory {
                 Err(e)
             }
         }
-    }
-}
-
-/// Unblocks `accept()` by connecting to our own listener, after the node was marked
-/// as stopping (tiny-http's trick).
-pub(crate) fn wake_acceptor(local: SocketAddr) {
-    let _ = TcpStream::connect_timeout(&wake_addr(local), Duration::from_secs(1));
-}
-
-/// Where to connect to reach our own listener (an unspecified bind IP is reached on
-/// loopback).
-fn wake_addr(local: SocketAddr) -> SocketAddr {
-    match local.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, local.port()).into(),
-        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, local.port()).into(),
-        _ => local,
     }
 }

@@ -19,7 +19,7 @@ pub(crate) mod outbox;
 pub(crate) mod thread;
 
 use std::io::{self, Read};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -205,6 +205,18 @@ impl Closer {
     pub(crate) fn half_close(&self) {
         self.inner.shutdown(Shutdown::Write);
     }
+}
+
+/// Unblocks a thread blocked in `accept()` on our listener at `local` by connecting
+/// to it, after the node was marked as stopping (tiny-http's trick: portable, and
+/// the acceptor then sees the flag). An unspecified bind IP is reached on loopback.
+pub(crate) fn wake_listener(local: SocketAddr) {
+    let to = match local.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, local.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, local.port()).into(),
+        _ => local,
+    };
+    let _ = TcpStream::connect_timeout(&to, Duration::from_secs(1));
 }
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
