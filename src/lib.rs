@@ -8,6 +8,7 @@
 //! | C++                          | Rust                                              |
 //! |------------------------------|---------------------------------------------------|
 //! | `Node`                       | [`Node`] (`node.rs`)                              |
+//! | `Node::handleJoin`           | `Links::register` (`links.rs`), called by each connection |
 //! | `PeerConnectionFactory`      | `PeerConnectionFactory` (`peer_connection_factory.rs`) |
 //! | `PeerConnection::run`        | `PeerConnection::run` (`peer_connection.rs`)      |
 //! | `P2PMessage`, `MessageType`  | [`P2PMessage`], [`MessageType`] (`p2p_message.rs`) |
@@ -17,12 +18,39 @@
 //! binary, not to this library's API: the library never prints, it hands out data and
 //! [`Event`]s.
 //!
-//! What the C++ lacked has modules of its own: the peer table (`peer_table.rs`), the
-//! address book ([`known_addrs`]) and its file ([`peer_cache`]), the broadcast
-//! seen-cache (`seen_cache.rs`), the
-//! heartbeat and dial loop (`maintenance.rs`), [`Config`], [`Error`], [`Event`].
-//! `docs/ARCHITECTURE.md` has the threads, locks and every deliberate difference;
-//! `docs/PROTOCOL.md` the wire format.
+//! # Layers
+//!
+//! Imports only go down this list; no file imports one above it (checked by
+//! `../shared/tools/module_cycles.py`: no cycles).
+//!
+//! ```text
+//!  node.rs                     the public face: Node, NodeInfo
+//!    |
+//!  maintenance.rs              thread `maint`: ticks, timed protocol work, dials
+//!    |
+//!  peer_connection_factory.rs  acceptor loop, dials: a stream -> a connection thread
+//!    |
+//!  peer_connection.rs          one connection: handshake, register, reader loop
+//!    |
+//!  shared.rs                   Shared { links, protocols }: composition only
+//!    |
+//!  protocol/                   mod.rs: Protocols, the one dispatch entry point
+//!    |                           membership.rs   JOIN rules, PEERS, address book, own address
+//!    |                           heartbeat.rs    PING/PONG, silent links
+//!    |                           broadcast/      BROADCAST, IHAVE, GRAFT, PRUNE: the tree
+//!  links.rs                    Links: the link manager (table, queueing, events, closing)
+//!    |
+//!  state/                      plain data, no locks, no sockets: peer_table, known_addrs,
+//!    |                         peer_cache, seen_cache, observed, stats (the counters)
+//!  transport/                  Stream and its halves (every byte), outbox, spawn_named
+//!
+//!  ground, importable from any layer: p2p_message, config, error, event, clock
+//! ```
+//!
+//! A new message type touches `p2p_message.rs` and one protocol file; a new kind of
+//! stream (TLS, a relayed circuit) touches `transport/` and the handshake's upgrade
+//! step. `docs/ARCHITECTURE.md` has the threads, locks, queues and every deliberate
+//! difference from the C++; `docs/PROTOCOL.md` the wire format.
 //!
 //! # Example
 //!

@@ -42,7 +42,8 @@ pub struct KnownAddr {
     pub next_attempt: Instant,
 }
 
-/// True for addresses no node can listen on or be dialled at.
+/// Whether a node could listen on `addr` and be dialled there: false for port 0,
+/// unspecified (0.0.0.0, ::), multicast and the IPv4 broadcast address.
 pub fn is_dialable(addr: &SocketAddr) -> bool {
     if addr.port() == 0 {
         return false;
