@@ -187,3 +187,64 @@ impl std::error::Error for HandshakeError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_errors_name_the_value_involved() {
+        let cases: Vec<(HandshakeError, &str)> = vec![
+            (HandshakeError::Stopping, "node is stopping"),
+            (HandshakeError::ClosedEarly, "closed before sending JOIN"),
+            (
+                HandshakeError::Timeout { ms: 5000 },
+                "no JOIN within 5000 ms",
+            ),
+            (
+                HandshakeError::NotJoin(MessageType::Data),
+                "expected JOIN, got Data first",
+            ),
+            (
+                HandshakeError::Version { theirs: 1 },
+                "protocol version 1 (we speak 2)",
+            ),
+            (
+                HandshakeError::Network {
+                    theirs: "b".into(),
+                    ours: "a".into(),
+                },
+                "network \"b\" (we are \"a\")",
+            ),
+            (HandshakeError::ListenPortZero, "listen port 0"),
+            (
+                HandshakeError::LinkLimit {
+                    max_links: 128,
+                    max_inbound: 64,
+                },
+                "link limit reached (128 links, at most 64 inbound)",
+            ),
+            (
+                HandshakeError::AddressTaken("127.0.0.1:9000".parse().expect("addr")),
+                "127.0.0.1:9000 is linked to another node that is alive",
+            ),
+            (HandshakeError::NoAnswer, "no answer in time"),
+            (
+                HandshakeError::ConcurrentDialFailed,
+                "the concurrent dial did not produce a link",
+            ),
+        ];
+        for (e, text) in cases {
+            assert_eq!(e.to_string(), text);
+        }
+        let e = Error::Handshake {
+            addr: "127.0.0.1:1".parse().expect("addr"),
+            reason: HandshakeError::ListenPortZero,
+        };
+        assert_eq!(
+            e.to_string(),
+            "handshake with 127.0.0.1:1 failed: listen port 0"
+        );
+        assert!(std::error::Error::source(&e).is_some());
+    }
+}
