@@ -3,7 +3,7 @@
 //! limits, and a plain-text table printer.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -14,29 +14,10 @@ use p2p_overlay::{Config, Node};
 /// raw-TCP peers): they only move a few small buffers.
 pub const HELPER_STACK: usize = 128 * 1024;
 
-/// Set when the library's periodic peer exchange deadlocks a node (see
-/// `watchdog::peer_exchange_deadlocks`): nodes then run with this interval instead.
-static EXCHANGE_WORKAROUND: OnceLock<Duration> = OnceLock::new();
-
-/// Turns on the peer-exchange workaround for every node started after this call.
-pub fn use_exchange_workaround(interval: Duration) {
-    let _ = EXCHANGE_WORKAROUND.set(interval);
-}
-
-/// A node config on 127.0.0.1 with an OS-chosen port and every other setting at its
-/// default.
-pub fn default_local_config() -> Config {
-    Config::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)
-}
-
-/// The config of every bench node: [`default_local_config`], except the peer-exchange
-/// interval when the workaround is on.
+/// The config of every bench node: 127.0.0.1 with an OS-chosen port and every
+/// other setting at its default.
 pub fn local_config() -> Config {
-    let mut c = default_local_config();
-    if let Some(interval) = EXCHANGE_WORKAROUND.get() {
-        c.peer_exchange_interval = *interval;
-    }
-    c
+    Config::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)
 }
 
 /// Starts a helper thread with a small stack; the bench cannot go on without it.

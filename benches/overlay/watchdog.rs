@@ -1,5 +1,4 @@
-//! The last line of defence against a hung run, and the check for a known library
-//! deadlock.
+//! The last line of defence against a hung run.
 //!
 //! Every measurement already waits with deadlines, but a call into the library
 //! (`info()`, `peers()`, ...) blocks for ever if a node has deadlocked on its own
@@ -7,17 +6,11 @@
 //! 200 ms and, when it passes, prints which section hung, kills every child process
 //! registered with [`register_pid`] (by PID), writes the JSON gathered so far with an
 //! `"aborted"` field, and exits with status 3.
-//!
-//! [`peer_exchange_deadlocks`] probes the library once at start-up: two linked nodes
-//! with a 1 s peer-exchange interval, then `info()` from a helper thread. See
-//! docs/BENCHMARKS.md ("Known node bug") for what it detects.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::bounded;
-use p2p_overlay::Node;
 use serde_json::Value;
 
 struct Armed {
@@ -101,32 +94,4 @@ fn abort(section: &str, limit: Duration) -> ! {
         }
     }
     std::process::exit(3);
-}
-
-/// Whether a node with a link deadlocks once its periodic peer exchange runs. Two
-/// nodes with a 1 s exchange interval are linked; 1.6 s later `info()` must return
-/// within 3 s. Deadlocked nodes are leaked (their `stop` would never return).
-pub fn peer_exchange_deadlocks() -> Result<bool, String> {
-    let mut cfg = crate::support::default_local_config();
-    cfg.peer_exchange_interval = Duration::from_secs(1);
-    let a = Node::start(cfg.clone()).map_err(|e| e.to_string())?;
-    let b = Node::start(cfg).map_err(|e| e.to_string())?;
-    a.connect_to_peer(b.local_addr())
-        .map_err(|e| e.to_string())?;
-    std::thread::sleep(Duration::from_millis(1600));
-    let (tx, rx) = bounded(1);
-    let probe = std::sync::Arc::new(a);
-    let p = std::sync::Arc::clone(&probe);
-    crate::support::spawn("probe", move || {
-        let _ = p.info();
-        let _ = tx.send(());
-    });
-    let stuck = rx.recv_timeout(Duration::from_secs(3)).is_err();
-    if stuck {
-        std::mem::forget(probe);
-        std::mem::forget(b);
-    } else {
-        crate::support::stop_all(vec![probe, std::sync::Arc::new(b)], Duration::from_secs(5));
-    }
-    Ok(stuck)
 }
