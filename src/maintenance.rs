@@ -1,6 +1,7 @@
-//! The maintenance thread (`maint`): the node's timed work, and the only place that
-//! dials on its own. The C++ original had only a thread that printed the peer set
-//! every 1000 s.
+//! The maintenance thread (`maint`): the node's timed work, and where the node dials
+//! on its own (besides [`dial_more`]'s first round, which `Node::start` runs at once
+//! so cached addresses do not wait for the first tick). The C++ original had only a
+//! thread that printed the peer set every 1000 s.
 //!
 //! It waits with `select!` on one wake channel, a shutdown channel and a timeout, so
 //! `Node::stop` wakes it at once and protocols can ask for it:

@@ -321,7 +321,8 @@ impl Node {
 
     /// Sends LEAVE on every link, closes every socket and joins every thread the node
     /// started. Idempotent; returns within about half a second plus the time a
-    /// thread needs to notice its socket closed.
+    /// thread needs to notice its socket closed, except that a dial still inside its
+    /// TCP connect is waited for (at most `connect_timeout`).
     pub fn stop(&self) {
         let Some(threads) = self.threads.lock().take() else {
             return;

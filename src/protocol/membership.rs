@@ -6,8 +6,8 @@
 //! It makes no dials itself: [`Membership::dial_plan`] says whom to dial, and the
 //! maintenance thread dials (a PEERS message with new addresses wakes it).
 //!
-//! Locks, each taken alone: `book` (the address book) and `observed` (votes on our
-//! own IP).
+//! Locks: `book` (the address book) and `observed` (votes on our own IP), each taken
+//! alone, except when an adopted IP changes: then `observed`, then `book`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
@@ -156,12 +156,11 @@ impl Membership {
             return;
         }
         stats::add(&links.stats().observations, 1);
-        let (before, adopted) = {
-            let mut votes = self.observed.lock();
-            let before = votes.adopted();
-            (before, votes.record(source, observed))
-        };
-        let Some(ip) = adopted else {
+        // Lock order: `observed`, then `book`, so two adoptions at once apply to the
+        // own-address set in the order they were decided.
+        let mut votes = self.observed.lock();
+        let before = votes.adopted();
+        let Some(ip) = votes.record(source, observed) else {
             return;
         };
         log::info!("peers agree this node is reached at {ip}");

@@ -19,7 +19,8 @@
 //! a caller sending back to back then leaves the batching to the writer thread
 //! instead of paying a system call per frame.
 //!
-//! Control frames (PING, PONG, PEERS) have a queue of their own that the writer
+//! Control frames (PING, PONG, PEERS, IHAVE, GRAFT, PRUNE) have a queue of their own
+//! that the writer
 //! empties before each data chunk, so an application that keeps the data queue full
 //! never starves the heartbeat. No lock is held across a socket call.
 
