@@ -9,9 +9,8 @@
 //! Locks: one, `registry` (the peer table, open connections, connection threads,
 //! dials in progress, retiring duplicates). Every method takes it, copies or updates,
 //! and lets it go before any socket call, blocking queue push or thread join. Each
-//! link's `Outbox` has a lock of its own, taken only after `registry` was released
-//! (queueing a frame) or inside the outbox alone: the order, when both are involved,
-//! is never `registry` -> outbox.
+//! link's `Outbox` has a lock of its own; nothing holds `registry` and an outbox lock
+//! together.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -209,7 +208,12 @@ pub(crate) enum Queued {
 
 /// What [`Links::register`] decided for a connection that completed its handshake.
 pub(crate) enum Register {
-    Linked,
+    /// The connection is the link to its node now. `new`: no link to that node
+    /// existed (it replaced none of the same node), so `PeerUp` is due
+    /// ([`Links::report_up`]) once the protocols have taken note.
+    Linked {
+        new: bool,
+    },
     /// Another connection to the same node wins; this one is retired.
     Duplicate(Arc<Link>),
     Refused(HandshakeError),
@@ -327,9 +331,9 @@ impl Links {
         self.running.load(Ordering::SeqCst)
     }
 
-    /// Marks the node as stopping; `false` if it already was.
-    pub(crate) fn stop_running(&self) -> bool {
-        self.running.swap(false, Ordering::SeqCst)
+    /// Marks the node as stopping.
+    pub(crate) fn stop_running(&self) {
+        self.running.store(false, Ordering::SeqCst);
     }
 
     pub(crate) fn next_conn_id(&self) -> u64 {
@@ -438,7 +442,8 @@ impl Links {
     }
 
     /// Registers a link that completed its handshake, keeping one link per pair of
-    /// nodes (see `PeerTable::insert`), and reports `PeerUp` when it is new.
+    /// nodes (see `PeerTable::insert`). Reports `PeerDown` for a stale link of another
+    /// node it replaced; `PeerUp` is the caller's to report ([`Links::report_up`]).
     pub(crate) fn register(&self, link: Arc<Link>) -> Register {
         if !self.is_running() {
             return Register::Refused(HandshakeError::Stopping);
@@ -474,16 +479,7 @@ impl Links {
                         self.emit_peer_down(&old, DownReason::Replaced);
                     }
                 }
-                if !same_node {
-                    log::info!(
-                        "link up: {} ({}, {})",
-                        link.addr,
-                        link.node_id,
-                        link.direction.as_str()
-                    );
-                    self.emit(Event::PeerUp(link.info()));
-                }
-                Register::Linked
+                Register::Linked { new: !same_node }
             }
             Insert::Kept(existing) => Register::Duplicate(existing),
             Insert::Full => {
@@ -498,6 +494,17 @@ impl Links {
                 Register::Refused(HandshakeError::AddressTaken(link.addr))
             }
         }
+    }
+
+    /// Reports a new link to the application (`PeerUp`).
+    pub(crate) fn report_up(&self, link: &Link) {
+        log::info!(
+            "link up: {} ({}, {})",
+            link.addr,
+            link.node_id,
+            link.direction.as_str()
+        );
+        self.emit(Event::PeerUp(link.info()));
     }
 
     // --- lookups ---
@@ -584,7 +591,13 @@ impl Links {
     /// Whatever happens, the connection is shut after the handshake timeout more.
     fn add_retiring(&self, link: &Link, outbox: Option<Arc<Outbox>>) {
         let half_close_at = Instant::now() + DUPLICATE_LINGER;
-        self.registry.lock().retiring.push(Retiring {
+        let mut r = self.registry.lock();
+        // A connection whose thread already ended (and unregistered it) needs no
+        // winding down; an entry would only keep its descriptor open until give-up.
+        if !r.conns.contains_key(&link.conn_id) {
+            return;
+        }
+        r.retiring.push(Retiring {
             conn_id: link.conn_id,
             closer: link.closer.clone(),
             outbox,

@@ -46,11 +46,11 @@ pub(crate) fn run(shared: Arc<Shared>, stop: Receiver<()>, wake: Receiver<()>) {
         }
         let now = Instant::now();
         next_due = protocols.due(links, now);
-        let tick = now >= next_tick;
-        if protocols.membership.take_dial_wanted() || tick {
-            dial_more(&shared, &factory);
-        }
-        if !tick {
+        let dial_wanted = protocols.membership.take_dial_wanted();
+        if now < next_tick {
+            if dial_wanted {
+                dial_more(&shared, &factory);
+            }
             continue;
         }
         next_tick = now + period;
@@ -63,6 +63,8 @@ pub(crate) fn run(shared: Arc<Shared>, stop: Receiver<()>, wake: Receiver<()>) {
             last_save = Instant::now();
             protocols.membership.save_peers_file();
         }
+        // After the heartbeat, so a link it just dropped is replaced in this tick.
+        dial_more(&shared, &factory);
         links.tend_retiring(Instant::now());
         links.reap_threads();
     }

@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::{Error, HandshakeError};
-use crate::event::{Event, PeerInfo};
+use crate::event::{DownReason, Event, PeerInfo};
 use crate::links::{DialClaim, Links};
 use crate::maintenance;
 use crate::p2p_message::{NodeId, P2PMessage};
@@ -191,7 +191,8 @@ impl Node {
         }
         membership.remember(addr);
         let config = links.config();
-        let wait = config.connect_timeout + config.handshake_timeout;
+        // A dial ends within these (plus a referral's drain when the peer is full).
+        let wait = config.connect_timeout + config.handshake_timeout + Duration::from_secs(1);
         match links.claim_dial(addr) {
             DialClaim::Mine => {
                 let (tx, rx) = bounded(1);
@@ -200,11 +201,10 @@ impl Node {
                     addr,
                     waiter: Some(tx),
                 })?;
-                rx.recv_timeout(wait + Duration::from_secs(1))
-                    .unwrap_or(Err(Error::Handshake {
-                        addr,
-                        reason: HandshakeError::NoAnswer,
-                    }))
+                rx.recv_timeout(wait).unwrap_or(Err(Error::Handshake {
+                    addr,
+                    reason: HandshakeError::NoAnswer,
+                }))
             }
             DialClaim::Busy(done) => {
                 // Disconnects when the other dial ends; its link is registered by then.
@@ -284,7 +284,7 @@ impl Node {
         let links = &self.shared.links;
         match links.by_addr(&addr) {
             Some(link) => {
-                links.leave(&link, crate::event::DownReason::RemovedLocally);
+                links.leave(&link, DownReason::RemovedLocally);
                 self.shared.protocols.membership.defer_redial(&link.addr());
                 true
             }

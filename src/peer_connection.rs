@@ -31,6 +31,7 @@ use crate::links::{Link, LinkId, PendingSlot, Register};
 use crate::p2p_message::{
     read_frame, read_frame_buffered, DecodeError, Join, P2PMessage, MAX_JOIN_FRAME,
 };
+use crate::protocol::membership::JoinCheck;
 use crate::protocol::Flow;
 use crate::shared::Shared;
 use crate::transport::outbox::Outbox;
@@ -172,12 +173,13 @@ impl PeerConnection {
             Ok(other) => return Err(fail(HandshakeError::NotJoin(other.message_type()))),
             Err(e) => return Err(fail(HandshakeError::BadFrame(e))),
         };
-        membership.check_join(&join).map_err(fail)?;
-        if join.node_id == self.shared.id {
-            let addr = self.dial.as_ref().map_or(self.remote, |d| d.addr);
-            return Err(Error::SelfDial(addr));
+        match membership.check_join(&join).map_err(fail)? {
+            JoinCheck::Accept => Ok(join),
+            JoinCheck::OwnId => {
+                let addr = self.dial.as_ref().map_or(self.remote, |d| d.addr);
+                Err(Error::SelfDial(addr))
+            }
         }
-        Ok(join)
     }
 
     fn run_link(&mut self, join: Join) {
@@ -212,7 +214,12 @@ impl PeerConnection {
             links.clock().now_ms(),
         ));
         match links.register(Arc::clone(&link)) {
-            Register::Linked => {}
+            Register::Linked { new } => {
+                protocols.link_registered(links, &link, self.remote.ip(), join.observed);
+                if new {
+                    links.report_up(&link);
+                }
+            }
             Register::Duplicate(existing) => {
                 log::debug!("{addr}: duplicate connection, keeping the other one");
                 self.finish_dial(Ok(existing.info()));
@@ -243,12 +250,13 @@ impl PeerConnection {
             Err(e) => {
                 log::error!("{addr}: cannot start the writer thread: {e}");
                 links.close(&link, DownReason::NoWriterThread);
+                protocols.link_down(self.conn_id);
                 self.finish_dial(Err(Error::Thread(e)));
                 return;
             }
         };
         self.finish_dial(Ok(link.info()));
-        protocols.link_up(links, &link, self.remote.ip(), join.observed);
+        protocols.link_up(links, &link);
 
         let reason = self.read_loop(&link);
         if reason.is_clean() {

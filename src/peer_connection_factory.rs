@@ -12,8 +12,10 @@
 //!   `max_pending_handshakes` accepted sockets wait for their JOIN at once.
 //! - The same factory also dials: an outbound connection runs exactly the same code as
 //!   an inbound one, because both ends of a link speak the same protocol.
-//! - Every stream is registered with the link manager before its thread starts, so
-//!   `Node::stop` can shut it down, and every thread handle is kept there to be joined.
+//! - Every stream is registered with the link manager as soon as it exists (an
+//!   accepted one before its thread starts, a dialled one by its thread right after
+//!   the connect), so `Node::stop` can shut it down, and every thread handle is kept
+//!   there to be joined.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};

@@ -420,3 +420,23 @@ fn full_node_refers_joiners_elsewhere() {
     assert_eq!(seed.peers().len(), 1, "the cap held");
     assert!(seed.info().counters.refused_links >= 1);
 }
+
+/// `PeerUp` comes after the node took note of the link: the peer's address is in the
+/// address book as a success by then, in both directions, so an application that
+/// reacts to `PeerUp` (say, with `forget_addr`) acts on a settled book.
+#[test]
+fn peer_up_comes_after_the_address_book_recorded_the_link() {
+    for _ in 0..20 {
+        let a = start_node(|c| c.auto_dial = false);
+        let (raw, _) = RawPeer::join(a.addr(), &default_network());
+        let up = wait_for_event(&a.events, DEADLINE, |e| is_peer_up(e, raw.id));
+        assert!(up.is_some(), "no PeerUp for the raw peer");
+        let known = a.known_addrs();
+        let entry = known.iter().find(|k| k.addr == raw.listen_addr());
+        assert!(
+            entry.is_some_and(|k| k.last_success.is_some()),
+            "at PeerUp the address book had {entry:?} for {}",
+            raw.listen_addr()
+        );
+    }
+}

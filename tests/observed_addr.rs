@@ -3,12 +3,12 @@
 //! Every JOIN carries `observed`: the receiver's IP as the sender sees it. The rule:
 //!
 //! - a node bound to one IP announces that IP, whatever peers report;
-//! - a node bound to 0.0.0.0 without `advertise` keeps one observation per connection
-//!   that completed its handshake *and* was registered as a link (a refused JOIN or a
-//!   duplicate does not count), keyed by the reporting socket's source IP, and adopts
-//!   an IP only once at least two distinct source IPs report it. Until then it
-//!   announces 127.0.0.1 (the loopback form of 0.0.0.0). Only the adopted IP becomes
-//!   one of its own addresses;
+//! - a node bound to 0.0.0.0 without `advertise` keeps one observation per link (a
+//!   refused JOIN or a duplicate does not count; a closed link's vote is withdrawn),
+//!   counts all links from one network group of the reporting socket's source IP
+//!   (IPv4 /24) as one voice, and adopts an IP only once at least two groups report
+//!   it. Until then it announces 127.0.0.1 (the loopback form of 0.0.0.0). Only the
+//!   adopted IP becomes one of its own addresses;
 //! - a node with `advertise` announces that address, whatever peers report.
 //!
 //! The hostile peers here are raw sockets bound to chosen loopback source IPs
@@ -134,8 +134,8 @@ fn bound_node_ignores_observations() {
     // Two liars from distinct source IPs (enough for an unspecified-bind node to
     // adopt) say A is at 127.0.0.2, where the twin really listens on A's port.
     let liar = ip(127, 0, 0, 2);
-    let _l1 = claim_linked(&a, a.addr(), ip(127, 0, 0, 3), liar);
-    let _l2 = claim_linked(&a, a.addr(), ip(127, 0, 0, 4), liar);
+    let _l1 = claim_linked(&a, a.addr(), ip(127, 0, 3, 3), liar);
+    let _l2 = claim_linked(&a, a.addr(), ip(127, 0, 4, 4), liar);
 
     // Every symptom is collected, so a failure shows them all.
     let mut wrong = Vec::new();
@@ -202,12 +202,12 @@ fn refused_joins_do_not_vote() {
     let home = loopback(&a);
     let claimed = ip(127, 0, 0, 9);
 
-    // Accepted: one vote, from 127.0.0.3.
-    let mut accepted = claim_linked(&a, home, ip(127, 0, 0, 3), claimed);
+    // Accepted: one vote, from 127.0.3.3.
+    let mut accepted = claim_linked(&a, home, ip(127, 0, 3, 3), claimed);
 
-    // Refused for the link cap after a complete handshake, from 127.0.0.2: the node
+    // Refused for the link cap after a complete handshake, from 127.0.2.2: the node
     // refers it elsewhere (PEERS, LEAVE) and hangs up.
-    let (mut over_cap, join) = claim(home, ip(127, 0, 0, 2), claimed, &default_network());
+    let (mut over_cap, join) = claim(home, ip(127, 0, 2, 2), claimed, &default_network());
     assert_eq!(join.node_id, a.id());
     assert!(
         over_cap
@@ -225,8 +225,8 @@ fn refused_joins_do_not_vote() {
         a.info()
     );
 
-    // Refused for another network name, from 127.0.0.4.
-    let (mut other_net, _) = claim(home, ip(127, 0, 0, 4), claimed, "another-network");
+    // Refused for another network name, from 127.0.4.4.
+    let (mut other_net, _) = claim(home, ip(127, 0, 4, 4), claimed, "another-network");
     assert!(other_net.closed_within(DEADLINE), "a foreign JOIN was kept");
     assert!(
         eventually(DEADLINE, || a.info().counters.handshakes_failed == 1),
@@ -260,8 +260,8 @@ fn two_distinct_sources_agreeing_are_adopted_and_a_third_cannot_move_it() {
     let p = home.port();
     let seen = SocketAddr::new(ip(127, 0, 0, 7), p);
 
-    let mut first = claim_linked(&a, home, ip(127, 0, 0, 2), seen.ip());
-    let _second = claim_linked(&a, home, ip(127, 0, 0, 3), seen.ip());
+    let mut first = claim_linked(&a, home, ip(127, 0, 2, 2), seen.ip());
+    let _second = claim_linked(&a, home, ip(127, 0, 3, 3), seen.ip());
     assert!(
         eventually(DEADLINE, || a.advertised_addr() == seen),
         "two source IPs reported {seen}, the node still announces {}",
@@ -271,13 +271,31 @@ fn two_distinct_sources_agreeing_are_adopted_and_a_third_cannot_move_it() {
     assert_eq!(origin_seen_by(&mut first, &a, "adopted"), seen);
 
     // One more peer, from a third source IP, reports another IP: one vote, no change.
-    let _third = claim_linked(&a, home, ip(127, 0, 0, 4), ip(127, 0, 0, 8));
+    let _third = claim_linked(&a, home, ip(127, 0, 4, 4), ip(127, 0, 0, 8));
     assert_eq!(
         a.advertised_addr(),
         seen,
-        "a single peer from 127.0.0.4 moved the adopted address"
+        "a single peer from 127.0.4.4 moved the adopted address"
     );
     assert_eq!(origin_seen_by(&mut first, &a, "still adopted"), seen);
+}
+
+#[test]
+fn sources_in_one_subnet_count_as_one() {
+    let _watchdog = watchdog("sources_in_one_subnet_count_as_one", WATCHDOG);
+    let a = start_unspecified(|_| {});
+    let home = loopback(&a);
+    let claimed = ip(127, 0, 0, 9);
+    // Three addresses of one /24 (one host, or one subnet) all agree: one voice.
+    let _r: Vec<RawPeer> = [2, 3, 4]
+        .iter()
+        .map(|&d| claim_linked(&a, home, ip(127, 0, 5, d), claimed))
+        .collect();
+    assert_eq!(
+        a.advertised_addr(),
+        home,
+        "three addresses of 127.0.5.0/24 made the node adopt {claimed}"
+    );
 }
 
 #[test]
@@ -306,8 +324,8 @@ fn advertised_address_ignores_observations() {
     assert_eq!(a.advertised_addr(), advertised);
 
     let claimed = ip(127, 0, 0, 7);
-    let mut first = claim_linked(&a, home, ip(127, 0, 0, 2), claimed);
-    let (second, join) = claim(home, ip(127, 0, 0, 3), claimed, &default_network());
+    let mut first = claim_linked(&a, home, ip(127, 0, 2, 2), claimed);
+    let (second, join) = claim(home, ip(127, 0, 3, 3), claimed, &default_network());
     assert!(a.wait_for(|ev| is_peer_up(ev, second.id)).is_some());
     assert_eq!(join.advertise, Some(advertised.ip()), "{join:?}");
     assert_eq!(join.listen_port, advertised.port(), "{join:?}");
@@ -361,8 +379,8 @@ fn flood_of_different_observations_from_one_source_changes_nothing() {
     // The flood did not lock honest reports out: two other source IPs that agree are
     // still adopted.
     let seen = SocketAddr::new(ip(127, 0, 0, 7), home.port());
-    let _r2 = claim_linked(&a, home, ip(127, 0, 0, 2), seen.ip());
-    let _r3 = claim_linked(&a, home, ip(127, 0, 0, 3), seen.ip());
+    let _r2 = claim_linked(&a, home, ip(127, 0, 2, 2), seen.ip());
+    let _r3 = claim_linked(&a, home, ip(127, 0, 3, 3), seen.ip());
     assert!(
         eventually(DEADLINE, || a.advertised_addr() == seen),
         "after the flood, two source IPs reporting {seen} were not adopted: {}",

@@ -22,7 +22,7 @@ use crate::error::HandshakeError;
 use crate::links::{Link, Links};
 use crate::p2p_message::{Join, NodeId, P2PMessage, PROTOCOL_VERSION};
 use crate::state::known_addrs::{AddrBook, KnownAddr};
-use crate::state::observed::ObservedVotes;
+use crate::state::observed::{usable, ObservedVotes};
 use crate::state::peer_cache;
 use crate::state::stats;
 
@@ -32,6 +32,15 @@ const PEERS_PER_EXCHANGE: usize = 128;
 /// How long a node waits before redialing a peer that said LEAVE (or that the user
 /// disconnected): it is going away on purpose. A node that restarts dials us itself.
 const LEAVE_REDIAL_DELAY: Duration = Duration::from_secs(60);
+
+/// A JOIN that meets the rules of [`Membership::check_join`].
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum JoinCheck {
+    /// A peer: go on with the handshake.
+    Accept,
+    /// Our own JOIN came back: we dialled ourselves.
+    OwnId,
+}
 
 /// The membership protocol's state; see the module docs.
 pub(crate) struct Membership {
@@ -89,9 +98,10 @@ impl Membership {
         })
     }
 
-    /// The JOIN rules a peer's JOIN must meet (its id is checked by the caller: our
-    /// own id means we dialled ourselves, which is not a refusal).
-    pub(crate) fn check_join(&self, join: &Join) -> Result<(), HandshakeError> {
+    /// The JOIN rules, in order: our protocol version, our network, not our own id
+    /// (then we dialled ourselves: [`JoinCheck::OwnId`], not a refusal), a listen
+    /// port.
+    pub(crate) fn check_join(&self, join: &Join) -> Result<JoinCheck, HandshakeError> {
         if join.version != PROTOCOL_VERSION {
             return Err(HandshakeError::Version {
                 theirs: join.version,
@@ -103,10 +113,13 @@ impl Membership {
                 ours: self.config.network.clone(),
             });
         }
+        if join.node_id == self.id {
+            return Ok(JoinCheck::OwnId);
+        }
         if join.listen_port == 0 {
             return Err(HandshakeError::ListenPortZero);
         }
-        Ok(())
+        Ok(JoinCheck::Accept)
     }
 
     /// The address peers know this node by: `--advertise`, else the bind IP, else (bound
@@ -132,9 +145,10 @@ impl Membership {
         *addr == self.local_addr || self.book.lock().is_own(addr)
     }
 
-    /// A link completed its handshake: its address proved good, its JOIN's view of
-    /// our IP is one vote, and it gets our address list.
-    pub(crate) fn link_up(
+    /// A link was registered: its address proved good, and its JOIN's view of our IP
+    /// is its vote. Runs before `PeerUp` is reported, so an application reacting to
+    /// `PeerUp` (say, `forget_addr`) sees the address book already updated.
+    pub(crate) fn link_registered(
         &self,
         links: &Links,
         link: &Link,
@@ -143,35 +157,45 @@ impl Membership {
     ) {
         self.book.lock().mark_success(link.addr(), Instant::now());
         if let Some(ip) = observed {
-            self.observe(links, source, ip);
+            self.observe(links, link.conn_id(), source, ip);
         }
-        self.send_peer_list(links, link);
     }
 
-    /// Records what the peer at `source` sees our IP as; see `state::observed`. Only
-    /// a node bound to 0.0.0.0 without `--advertise` listens: any other knows its
-    /// address.
-    fn observe(&self, links: &Links, source: IpAddr, observed: IpAddr) {
-        if self.config.advertise.is_some() || !self.local_addr.ip().is_unspecified() {
+    /// A connection's reader ended: a link's vote on our IP is withdrawn.
+    pub(crate) fn link_down(&self, conn_id: u64) {
+        self.observed.lock().withdraw(conn_id);
+    }
+
+    /// Records what the link `conn_id` from `source` sees our IP as; see
+    /// `state::observed`. Only a node bound to 0.0.0.0 (or ::) without `--advertise`
+    /// listens: any other knows its address.
+    fn observe(&self, links: &Links, conn_id: u64, source: IpAddr, observed: IpAddr) {
+        let bind = self.local_addr.ip();
+        if self.config.advertise.is_some() || !bind.is_unspecified() || !usable(observed, bind) {
             return;
         }
         stats::add(&links.stats().observations, 1);
-        // Lock order: `observed`, then `book`, so two adoptions at once apply to the
-        // own-address set in the order they were decided.
-        let mut votes = self.observed.lock();
-        let before = votes.adopted();
-        let Some(ip) = votes.record(source, observed) else {
-            return;
-        };
-        log::info!("peers agree this node is reached at {ip}");
         let port = self.local_addr.port();
-        let mut book = self.book.lock();
-        if let Some(old) = before.map(|ip| SocketAddr::new(ip, port)) {
-            if !self.fixed_own.contains(&old) {
-                book.remove_own(&old);
+        let adopted = {
+            // Lock order: `observed`, then `book`, so two adoptions at once reach the
+            // own-address set in the order they were decided.
+            let mut votes = self.observed.lock();
+            let before = votes.adopted();
+            let adopted = votes.record(conn_id, source, observed);
+            if let Some(ip) = adopted {
+                let mut book = self.book.lock();
+                if let Some(old) = before.map(|ip| SocketAddr::new(ip, port)) {
+                    if !self.fixed_own.contains(&old) {
+                        book.remove_own(&old);
+                    }
+                }
+                book.add_own(SocketAddr::new(ip, port));
             }
+            adopted
+        };
+        if let Some(ip) = adopted {
+            log::info!("peers agree this node is reached at {ip}");
         }
-        book.add_own(SocketAddr::new(ip, port));
     }
 
     /// Sends `link` the addresses we know.
@@ -264,7 +288,7 @@ impl Membership {
     }
 
     /// Bookkeeping at the end of a dial. Success was recorded when the link came up
-    /// (`link_up`); doing it again here would re-add an address the user forgot in
+    /// (`link_registered`); doing it again here would re-add an address the user forgot in
     /// between.
     pub(crate) fn dial_finished(&self, links: &Links, addr: SocketAddr, ok: bool) {
         if !ok {

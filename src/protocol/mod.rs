@@ -18,7 +18,8 @@ pub(crate) mod broadcast;
 pub(crate) mod heartbeat;
 pub(crate) mod membership;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::Config;
@@ -46,13 +47,9 @@ pub(crate) enum Flow {
 }
 
 impl Protocols {
-    pub(crate) fn new(
-        config: &std::sync::Arc<Config>,
-        id: NodeId,
-        local_addr: std::net::SocketAddr,
-    ) -> Protocols {
+    pub(crate) fn new(config: &Arc<Config>, id: NodeId, local_addr: SocketAddr) -> Protocols {
         Protocols {
-            membership: Membership::new(std::sync::Arc::clone(config), id, local_addr),
+            membership: Membership::new(Arc::clone(config), id, local_addr),
             broadcast: BroadcastTree::new(config, id),
         }
     }
@@ -103,20 +100,28 @@ impl Protocols {
         }
     }
 
-    /// A connection became a link: `source` is its socket's remote IP, `observed`
-    /// what its JOIN says our IP is.
-    pub(crate) fn link_up(
+    /// A connection was registered as a link: `source` is its socket's remote IP,
+    /// `observed` what its JOIN says our IP is. Runs before `PeerUp` is reported.
+    pub(crate) fn link_registered(
         &self,
         links: &Links,
         link: &Link,
         source: IpAddr,
         observed: Option<IpAddr>,
     ) {
-        self.membership.link_up(links, link, source, observed);
+        self.membership
+            .link_registered(links, link, source, observed);
     }
 
-    /// A connection that had a reader loop ended (a link, or a retired duplicate).
+    /// A link is ready to carry frames (its writer runs): it gets our address list.
+    pub(crate) fn link_up(&self, links: &Links, link: &Link) {
+        self.membership.send_peer_list(links, link);
+    }
+
+    /// A connection that had been registered or retired ended: what the protocols
+    /// kept for it goes.
     pub(crate) fn link_down(&self, conn_id: u64) {
+        self.membership.link_down(conn_id);
         self.broadcast.link_down(conn_id);
     }
 
@@ -125,6 +130,7 @@ impl Protocols {
     /// [`Membership::dial_plan`].
     pub(crate) fn tick(&self, links: &Links, exchange: bool) {
         heartbeat::tick(links);
+        self.broadcast.sweep(links);
         if exchange {
             self.membership.exchange(links);
         }

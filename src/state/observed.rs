@@ -1,54 +1,105 @@
-//! `ObservedVotes`: what peers say our IP is, and when to believe them.
+//! `ObservedVotes`: what linked peers say our IP is, and when to believe them.
 //!
 //! A peer's JOIN carries the IP it sees our connection come from. A node bound to
 //! 0.0.0.0 needs that to name itself correctly in its broadcasts, but one peer must
 //! not be able to rewrite it (before, the last JOIN won, even a refused one). So, in
 //! the manner of libp2p identify's observed addresses and AutoNAT's confidence:
 //!
-//! - one vote per reporting *source IP* (the peer's socket address as we see it), the
-//!   latest replacing the earlier one, so many connections from one host count once;
-//! - at most [`MAX_SOURCES`] sources, the oldest forgotten first, so the table is
-//!   bounded however many peers report;
-//! - an IP is adopted only when at least [`QUORUM`] distinct sources report it, and
-//!   of several such IPs the one with the most votes (ties: the one adopted before,
-//!   else the smaller IP, so the outcome does not depend on hash order).
+//! - one vote per *link*, withdrawn when the link closes, so the votes are what the
+//!   current neighbours see and their number is bounded by the link cap;
+//! - links from one network group (the reporter's source IP: IPv4 /24, IPv6 /48, an
+//!   IPv4-mapped IPv6 address counted as its IPv4 form) count as one reporter, with
+//!   that group's latest vote, so one host (or one subnet) is one voice however many
+//!   connections or addresses it uses;
+//! - an IP is adopted only when at least [`QUORUM`] groups report it, and of several
+//!   such IPs the one with the most groups (ties: the one adopted already, else the
+//!   smaller IP, so the outcome does not depend on arrival order). Once adopted it
+//!   stays until another IP has strictly more groups, even if its voters leave.
 //!
-//! The owner (membership) records only JOINs of connections that became links.
+//! The owner (membership) records only JOINs of connections that became links, and
+//! only usable IPs ([`usable`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::IpAddr;
 
-/// Distinct sources that must agree before an observed IP is adopted.
+/// Distinct network groups that must agree before an observed IP is adopted.
 pub(crate) const QUORUM: usize = 2;
 
-/// Reporting sources remembered.
-pub(crate) const MAX_SOURCES: usize = 64;
+/// Votes kept at most (one per link; links are capped far below this anyway).
+pub(crate) const MAX_VOTES: usize = 1024;
 
-/// Votes on our own IP, by reporting source; see the module docs.
+/// Whether `ip` could be our address for a listener of `bind`'s family: unicast, and
+/// IPv4 for an IPv4 listener (an IPv6 listener on `::` takes both).
+pub(crate) fn usable(ip: IpAddr, bind: IpAddr) -> bool {
+    let ip = canonical(ip);
+    let unicast = match ip {
+        IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast()),
+        IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_multicast()),
+    };
+    unicast && (bind.is_ipv6() || ip.is_ipv4())
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) as the IPv4 address it is.
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => ip,
+        },
+        v4 => v4,
+    }
+}
+
+/// The network group a reporter belongs to: its IPv4 /24 or IPv6 /48.
+fn group(source: IpAddr) -> [u8; 7] {
+    match canonical(source) {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            [4, o[0], o[1], o[2], 0, 0, 0]
+        }
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            [6, o[0], o[1], o[2], o[3], o[4], o[5]]
+        }
+    }
+}
+
+struct Vote {
+    group: [u8; 7],
+    ip: IpAddr,
+    /// Order of arrival: a group's latest vote counts.
+    seq: u64,
+}
+
+/// Votes on our own IP, one per link; see the module docs.
 #[derive(Default)]
 pub(crate) struct ObservedVotes {
-    by_source: HashMap<IpAddr, IpAddr>,
-    /// Sources, oldest vote first.
-    order: VecDeque<IpAddr>,
+    by_link: HashMap<u64, Vote>,
+    next_seq: u64,
     adopted: Option<IpAddr>,
 }
 
 impl ObservedVotes {
-    /// Records that `source` sees us at `observed`. Returns the adopted IP when this
-    /// vote changed it.
-    pub(crate) fn record(&mut self, source: IpAddr, observed: IpAddr) -> Option<IpAddr> {
-        if observed.is_unspecified() || observed.is_multicast() {
+    /// Records that the link `conn_id`, whose socket comes from `source`, sees us at
+    /// `observed`. Returns the adopted IP when this vote changed it.
+    pub(crate) fn record(
+        &mut self,
+        conn_id: u64,
+        source: IpAddr,
+        observed: IpAddr,
+    ) -> Option<IpAddr> {
+        if self.by_link.len() >= MAX_VOTES && !self.by_link.contains_key(&conn_id) {
             return None;
         }
-        if self.by_source.insert(source, observed).is_some() {
-            self.order.retain(|s| *s != source);
-        }
-        self.order.push_back(source);
-        while self.order.len() > MAX_SOURCES {
-            if let Some(old) = self.order.pop_front() {
-                self.by_source.remove(&old);
-            }
-        }
+        self.next_seq += 1;
+        self.by_link.insert(
+            conn_id,
+            Vote {
+                group: group(source),
+                ip: canonical(observed),
+                seq: self.next_seq,
+            },
+        );
         let winner = self.winner();
         if winner.is_some() && winner != self.adopted {
             self.adopted = winner;
@@ -57,15 +108,28 @@ impl ObservedVotes {
         None
     }
 
-    /// The IP we believe we are reached at, once enough sources agree.
+    /// The link `conn_id` closed: its vote no longer counts.
+    pub(crate) fn withdraw(&mut self, conn_id: u64) {
+        self.by_link.remove(&conn_id);
+    }
+
+    /// The IP we believe we are reached at, once enough groups agreed.
     pub(crate) fn adopted(&self) -> Option<IpAddr> {
         self.adopted
     }
 
     fn winner(&self) -> Option<IpAddr> {
+        // Each group's latest vote.
+        let mut latest: HashMap<[u8; 7], &Vote> = HashMap::new();
+        for v in self.by_link.values() {
+            let e = latest.entry(v.group).or_insert(v);
+            if v.seq > e.seq {
+                *e = v;
+            }
+        }
         let mut tally: HashMap<IpAddr, usize> = HashMap::new();
-        for ip in self.by_source.values() {
-            *tally.entry(*ip).or_default() += 1;
+        for v in latest.values() {
+            *tally.entry(v.ip).or_default() += 1;
         }
         let best = tally
             .iter()
@@ -85,59 +149,97 @@ mod tests {
     }
 
     #[test]
-    fn one_source_never_decides() {
+    fn one_group_never_decides() {
         let mut v = ObservedVotes::default();
-        for _ in 0..100 {
-            assert_eq!(v.record(ip("10.0.0.1"), ip("127.0.0.9")), None);
+        for conn in 0..100 {
+            // Many links, many addresses, one /24.
+            let source = IpAddr::from([10, 0, 0, (conn % 250) as u8]);
+            assert_eq!(v.record(conn, source, ip("192.0.2.9")), None);
         }
         assert_eq!(v.adopted(), None);
     }
 
     #[test]
-    fn two_sources_that_agree_decide_and_a_third_cannot_flip_it() {
+    fn two_groups_that_agree_decide_and_a_third_cannot_flip_it() {
         let mut v = ObservedVotes::default();
-        assert_eq!(v.record(ip("10.0.0.1"), ip("192.0.2.7")), None);
+        assert_eq!(v.record(1, ip("10.0.1.1"), ip("192.0.2.7")), None);
         assert_eq!(
-            v.record(ip("10.0.0.2"), ip("192.0.2.7")),
+            v.record(2, ip("10.0.2.1"), ip("192.0.2.7")),
             Some(ip("192.0.2.7"))
         );
-        assert_eq!(v.record(ip("10.0.0.3"), ip("192.0.2.8")), None);
+        assert_eq!(v.record(3, ip("10.0.3.1"), ip("192.0.2.8")), None);
         assert_eq!(v.adopted(), Some(ip("192.0.2.7")));
         // A tie keeps what was adopted.
-        assert_eq!(v.record(ip("10.0.0.4"), ip("192.0.2.8")), None);
+        assert_eq!(v.record(4, ip("10.0.4.1"), ip("192.0.2.8")), None);
         assert_eq!(v.adopted(), Some(ip("192.0.2.7")));
         // A clear majority moves it (the node really moved).
         assert_eq!(
-            v.record(ip("10.0.0.5"), ip("192.0.2.8")),
+            v.record(5, ip("10.0.5.1"), ip("192.0.2.8")),
             Some(ip("192.0.2.8"))
         );
     }
 
     #[test]
-    fn a_source_changing_its_vote_counts_once() {
+    fn a_group_changing_its_vote_counts_once() {
         let mut v = ObservedVotes::default();
-        v.record(ip("10.0.0.1"), ip("192.0.2.7"));
-        v.record(ip("10.0.0.1"), ip("192.0.2.8"));
-        assert_eq!(v.record(ip("10.0.0.2"), ip("192.0.2.7")), None);
+        v.record(1, ip("10.0.1.1"), ip("192.0.2.7"));
+        v.record(2, ip("10.0.1.2"), ip("192.0.2.8"));
+        assert_eq!(
+            v.record(3, ip("10.0.2.1"), ip("192.0.2.7")),
+            None,
+            "10.0.1/24 said .8 last"
+        );
         assert_eq!(v.adopted(), None);
     }
 
     #[test]
-    fn unspecified_and_multicast_are_ignored_and_the_table_is_bounded() {
+    fn a_mapped_ipv6_source_is_its_ipv4_group() {
         let mut v = ObservedVotes::default();
-        v.record(ip("10.0.0.1"), ip("0.0.0.0"));
-        v.record(ip("10.0.0.2"), ip("0.0.0.0"));
-        v.record(ip("10.0.0.3"), ip("224.0.0.1"));
-        v.record(ip("10.0.0.4"), ip("224.0.0.1"));
+        v.record(1, ip("127.0.0.2"), ip("192.0.2.77"));
+        assert_eq!(
+            v.record(2, ip("::ffff:127.0.0.2"), ip("::ffff:192.0.2.77")),
+            None
+        );
         assert_eq!(v.adopted(), None);
-        for i in 0..1000u32 {
+    }
+
+    #[test]
+    fn withdrawn_votes_stop_counting_but_an_adoption_stays() {
+        let mut v = ObservedVotes::default();
+        v.record(1, ip("10.0.1.1"), ip("192.0.2.7"));
+        v.withdraw(1);
+        assert_eq!(v.record(2, ip("10.0.2.1"), ip("192.0.2.7")), None);
+        assert_eq!(
+            v.record(3, ip("10.0.3.1"), ip("192.0.2.7")),
+            Some(ip("192.0.2.7"))
+        );
+        v.withdraw(2);
+        v.withdraw(3);
+        assert_eq!(v.adopted(), Some(ip("192.0.2.7")));
+    }
+
+    #[test]
+    fn usable_ips_are_unicast_of_the_listeners_family_and_votes_are_bounded() {
+        let v4 = ip("0.0.0.0");
+        let v6 = ip("::");
+        assert!(usable(ip("192.0.2.1"), v4));
+        assert!(usable(ip("127.0.0.1"), v4));
+        assert!(usable(ip("::ffff:192.0.2.1"), v4));
+        assert!(!usable(ip("2001:db8::1"), v4));
+        assert!(usable(ip("2001:db8::1"), v6));
+        assert!(usable(ip("192.0.2.1"), v6));
+        for bad in ["0.0.0.0", "224.0.0.1", "255.255.255.255", "::", "ff02::1"] {
+            assert!(!usable(ip(bad), v6), "{bad}");
+        }
+        let mut v = ObservedVotes::default();
+        for conn in 0..(MAX_VOTES as u64 + 100) {
             v.record(
-                IpAddr::from((0x0a01_0000 + i).to_be_bytes()),
+                conn,
+                IpAddr::from((0x0a00_0000 + (conn << 8) as u32).to_be_bytes()),
                 ip("192.0.2.1"),
             );
         }
-        assert!(v.by_source.len() <= MAX_SOURCES);
-        assert_eq!(v.order.len(), v.by_source.len());
+        assert_eq!(v.by_link.len(), MAX_VOTES);
         assert_eq!(v.adopted(), Some(ip("192.0.2.1")));
     }
 }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Counter {
     /// The field name, `snake_case`, stable: scripts and metrics rely on it.
     pub name: &'static str,
-    /// One sentence on what it counts (the field's doc comment).
+    /// What it counts (the field's doc comment, on one line).
     pub help: &'static str,
     /// Its value when the snapshot was taken.
     pub value: u64,
@@ -35,7 +35,7 @@ macro_rules! counters {
                 vec![$(
                     Counter {
                         name: stringify!($name),
-                        help: concat!($($doc),+),
+                        help: concat!($($doc),+).trim_start(),
                         value: self.$name,
                     },
                 )+]

@@ -6,14 +6,20 @@
 //!
 //! What it owns: the seen cache (exactly-once delivery), this node's sequence
 //! numbers, the tree state ([`LazyPush`]) and each link's part in the trees
-//! ([`LinkTree`], by connection id; a link's entry goes with [`BroadcastTree::link_down`]).
+//! ([`LinkTree`], by connection id). A connection's entry is made when something
+//! first concerns it and removed when its reader ends ([`BroadcastTree::link_down`]);
+//! an entry a racing sender made again for a connection already gone is swept at
+//! the next tick ([`BroadcastTree::sweep`]).
 //!
-//! Locks, each taken alone: `seen`, `trees`, and the three inside `LazyPush`. No lock
-//! is held while a frame is queued.
+//! Locks: `seen`, `trees`, and the three inside `LazyPush`, each taken alone, except
+//! that `sweep` holds `trees` while it copies the live links (`trees` -> the link
+//! manager's `registry`; nothing takes them the other way). No lock is held while a
+//! frame is queued.
 
 pub(crate) mod lazy_push;
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +29,7 @@ use parking_lot::Mutex;
 use crate::config::Config;
 use crate::error::Error;
 use crate::event::Event;
-use crate::links::{Link, Links, Queued};
+use crate::links::{Link, Links, Queued, RELAY_WAIT};
 use crate::p2p_message::{
     Announcement, Broadcast, BroadcastId, NodeId, P2PMessage, LEN_PREFIX, MAX_IDS_PER_MESSAGE,
 };
@@ -79,7 +85,7 @@ impl BroadcastTree {
         &self,
         links: &Links,
         text: &str,
-        origin_addr: std::net::SocketAddr,
+        origin_addr: SocketAddr,
     ) -> Result<usize, Error> {
         let b = Broadcast {
             origin: self.id,
@@ -143,14 +149,7 @@ impl BroadcastTree {
                 .have(id, Some(&frame), b.hops, Some(from.node_id()));
             // Pass it on first, deliver after: the next hops' copies are on the wire
             // before this node's application gets its turn.
-            let (eager, _) = self.spread(
-                links,
-                id,
-                b.hops,
-                &frame,
-                Some(from),
-                crate::links::RELAY_WAIT,
-            );
+            let (eager, _) = self.spread(links, id, b.hops, &frame, Some(from), RELAY_WAIT);
             stats::add(&st.frames_forwarded, eager as u64);
         }
         stats::add(&st.broadcasts_delivered, 1);
@@ -284,6 +283,19 @@ impl BroadcastTree {
         self.trees.lock().remove(&conn_id);
     }
 
+    /// Forgets tree state of connections that are no longer links (a `spread` or a
+    /// GRAFT round that raced with `link_down` can make an entry again). The live links
+    /// are read while `trees` is held, so a link registered meanwhile cannot lose the
+    /// state its reader records. Run by the maintenance thread every tick.
+    pub(crate) fn sweep(&self, links: &Links) {
+        let mut trees = self.trees.lock();
+        if trees.is_empty() {
+            return;
+        }
+        let live: HashSet<u64> = links.links().iter().map(|l| l.conn_id()).collect();
+        trees.retain(|conn, _| live.contains(conn));
+    }
+
     /// Asks `link`'s peer to announce `origin`'s broadcasts instead of sending them
     /// (once, until we graft them again).
     fn prune(&self, links: &Links, link: &Link, origin: NodeId) {
@@ -318,14 +330,11 @@ impl BroadcastTree {
         [next_flush, next_graft].into_iter().flatten().min()
     }
 
-    /// Sends every lazy link the ids collected for it, and forgets the tree state of
-    /// connections that are no longer links.
+    /// Sends every lazy link the ids collected for it.
     fn flush(&self, links: &Links) {
         let live = links.links();
         let batches: Vec<(Arc<Link>, Vec<Announcement>)> = {
             let mut trees = self.trees.lock();
-            let ids: HashSet<u64> = live.iter().map(|l| l.conn_id()).collect();
-            trees.retain(|conn, _| ids.contains(conn));
             live.into_iter()
                 .filter_map(|l| {
                     let batch = trees.get_mut(&l.conn_id())?.take_announcements();
