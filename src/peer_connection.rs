@@ -18,7 +18,7 @@
 //!
 //! No lock is held across any socket call in this file.
 
-use std::io::{self, BufReader, Read};
+use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -317,12 +317,12 @@ impl PeerConnection {
             .stream
             .writer()
             .set_write_timeout(Some(config.peer_timeout * 2));
-        let mut reader = BufReader::with_capacity(READ_BUF, half);
+        let mut reader = half.buffered(READ_BUF);
         let mut frames: u32 = 0;
         loop {
             // The clock is read when a frame needs the socket, or every 64 frames
             // served from the buffer; not per frame.
-            let from_socket = reader.buffer().is_empty();
+            let from_socket = reader.is_drained();
             let frame = match read_frame_buffered(&mut reader, config.max_frame) {
                 Ok(Some(f)) => f,
                 Ok(None) => return DownReason::ClosedByPeer,

@@ -18,7 +18,7 @@
 pub(crate) mod outbox;
 pub(crate) mod thread;
 
-use std::io::{self, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,6 +123,51 @@ impl Read for ReadHalf {
                 s.read(buf)
             }
         }
+    }
+}
+
+impl ReadHalf {
+    /// A buffered reader over this half, with room for `capacity` bytes per read.
+    ///
+    /// The buffer is filled straight from the socket, so its pages cost memory only
+    /// as data arrives: an idle link's 64 KiB buffer stays almost untouched. (A
+    /// `BufReader` over `ReadHalf` itself would zero the whole buffer first, because
+    /// only std's own stream types can read into uninitialised memory on stable
+    /// Rust: +52 KiB resident per link, measured.)
+    pub(crate) fn buffered(&self, capacity: usize) -> BufferedReader<'_> {
+        match &*self.inner {
+            Inner::Tcp(s) => BufferedReader {
+                inner: BufReader::with_capacity(capacity, s),
+            },
+        }
+    }
+}
+
+/// What [`ReadHalf::buffered`] returns: the reader loop's view of the stream.
+pub(crate) struct BufferedReader<'a> {
+    inner: BufReader<&'a TcpStream>,
+}
+
+impl BufferedReader<'_> {
+    /// Whether the next frame needs a socket read (nothing buffered).
+    pub(crate) fn is_drained(&self) -> bool {
+        self.inner.buffer().is_empty()
+    }
+}
+
+impl Read for BufferedReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+impl BufRead for BufferedReader<'_> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.inner.consume(n)
     }
 }
 
