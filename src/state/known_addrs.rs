@@ -197,11 +197,14 @@ impl AddrBook {
         due.into_iter().take(n).map(|k| k.addr).collect()
     }
 
-    /// Up to `n` addresses worth telling a peer about: ones not currently failing.
+    /// Up to `n` addresses worth telling a peer about: ones this node has linked with
+    /// (a handshake succeeded, now or in a run the peers file remembers) and that are
+    /// not failing now. An address only heard of is never passed on: otherwise one
+    /// peer's made-up list would spread through the overlay (and into referrals).
     pub(crate) fn healthy(&self, n: usize) -> Vec<SocketAddr> {
         self.map
             .values()
-            .filter(|k| k.failures == 0)
+            .filter(|k| k.failures == 0 && k.last_success.is_some())
             .take(n)
             .map(|k| k.addr)
             .collect()
@@ -283,6 +286,17 @@ mod tests {
             "duplicate counted as new"
         );
         assert_eq!(b.len(), 1);
+    }
+
+    #[test]
+    fn only_linked_addresses_that_are_not_failing_are_passed_on() {
+        let mut b = AddrBook::new(10);
+        let now = Instant::now();
+        b.learn(a("10.0.0.1:1"), now); // heard of only
+        b.mark_success(a("10.0.0.2:1"), now); // linked
+        b.mark_success(a("10.0.0.3:1"), now);
+        b.mark_failure(a("10.0.0.3:1"), now); // linked once, failing now
+        assert_eq!(b.healthy(10), vec![a("10.0.0.2:1")]);
     }
 
     #[test]
