@@ -18,6 +18,15 @@
 //! with no character that moves the cursor, drives the terminal, or reorders or hides
 //! text. The escapes are reversible (`\` is doubled), so a script can still recover
 //! the exact text.
+//!
+//! # Error lines quote little
+//!
+//! A command error on stderr names what was typed, but through [`quote_input`]: at
+//! most [`QUOTE_MAX_CHARS`] characters, escaped, with the length of the rest; and an
+//! address longer than any `host:port` ([`MAX_ADDR_LEN`]) is refused by the parser
+//! before the library could resolve (and quote) it. So a 1 MiB command word costs one
+//! short line, not 1 MiB of stderr. How long a line may be at all is decided where it
+//! is read (`line_reader`).
 
 use std::borrow::Cow;
 use std::fmt::{self, Write as _};
@@ -88,24 +97,57 @@ pub(crate) enum CommandError {
     },
     /// A port that is not a number from 1 to 65535.
     BadPort(String),
+    /// An address longer than any `host:port` can be ([`MAX_ADDR_LEN`]); refused
+    /// before any name lookup.
+    AddressTooLong(String),
 }
 
 impl fmt::Display for CommandError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CommandError::Unknown(w) => write!(f, "unknown command {w:?} (type 'help')"),
+            CommandError::Unknown(w) => {
+                write!(f, "unknown command {} (type 'help')", quote_input(w))
+            }
             CommandError::Missing { command, what } => {
                 write!(f, "'{command}' needs {what} (type 'help')")
             }
             CommandError::Unexpected { command, extra } => {
-                write!(f, "'{command}' takes no argument {extra:?}")
+                write!(f, "'{command}' takes no argument {}", quote_input(extra))
             }
-            CommandError::BadPort(p) => write!(f, "bad port {p:?}: expected 1 to 65535"),
+            CommandError::BadPort(p) => {
+                write!(f, "bad port {}: expected 1 to 65535", quote_input(p))
+            }
+            CommandError::AddressTooLong(a) => write!(
+                f,
+                "bad peer address {}: longer than any host:port ({MAX_ADDR_LEN} bytes)",
+                quote_input(a)
+            ),
         }
     }
 }
 
 impl std::error::Error for CommandError {}
+
+/// The longest `host:port` a command accepts, in bytes: a DNS name has at most 253
+/// (254 with the final dot), then `:` and five digits; a bracketed IPv6 address with
+/// a zone is shorter. Longer is refused by the parser, so no name lookup is made for
+/// it and the library's resolve errors, which quote the address whole, stay short.
+pub(crate) const MAX_ADDR_LEN: usize = 260;
+
+/// How many characters of typed input an error line quotes at most.
+pub(crate) const QUOTE_MAX_CHARS: usize = 64;
+
+/// `s` as an error line quotes it: in double quotes and escaped as `{:?}` escapes
+/// (control, bidi and invisible characters become `\u{..}`, so the error stays one
+/// line and cannot drive the terminal), cut after [`QUOTE_MAX_CHARS`] characters.
+/// A cut quote is followed by `...` and the whole length in bytes, so a 1 MiB word
+/// costs a line of about a hundred bytes, not 1 MiB on stderr.
+pub(crate) fn quote_input(s: &str) -> String {
+    match s.char_indices().nth(QUOTE_MAX_CHARS) {
+        None => format!("{s:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &s[..cut], s.len()),
+    }
+}
 
 /// The `help` text.
 pub(crate) const HELP: &str = "\
@@ -160,6 +202,7 @@ pub(crate) fn parse_command(line: &str) -> Result<Option<Command>, CommandError>
                     what: "a message after the address",
                 });
             }
+            check_addr_len(peer)?;
             Ok(Some(Command::Send {
                 peer: peer.to_string(),
                 text: text.to_string(),
@@ -190,6 +233,7 @@ pub(crate) fn parse_command(line: &str) -> Result<Option<Command>, CommandError>
                             what: "a port",
                         });
                     }
+                    check_addr_len(addr)?;
                     Ok(Some(Command::Connect {
                         addr: addr.to_string(),
                     }))
@@ -202,6 +246,7 @@ pub(crate) fn parse_command(line: &str) -> Result<Option<Command>, CommandError>
                     } else {
                         format!("{host}:{port}")
                     };
+                    check_addr_len(&addr)?;
                     Ok(Some(Command::Connect { addr }))
                 }
                 (Some(_), Some(_), Some(extra)) => Err(CommandError::Unexpected {
@@ -231,7 +276,16 @@ fn one_addr(command: &'static str, rest: &str) -> Result<String, CommandError> {
             extra: extra.trim().to_string(),
         });
     }
+    check_addr_len(addr)?;
     Ok(addr.to_string())
+}
+
+/// Refuses an address longer than [`MAX_ADDR_LEN`].
+fn check_addr_len(addr: &str) -> Result<(), CommandError> {
+    if addr.len() > MAX_ADDR_LEN {
+        return Err(CommandError::AddressTooLong(addr.to_string()));
+    }
+    Ok(())
 }
 
 /// Splits off the first whitespace-separated word; the rest starts at the next
@@ -590,6 +644,102 @@ mod tests {
             e.to_string(),
             "unknown command \"frobnicate\" (type 'help')"
         );
+    }
+
+    /// What error lines quote of typed input: (what, input, quoted).
+    #[test]
+    fn quotes_are_short_and_escaped() {
+        let a64 = "a".repeat(64);
+        let a65 = "a".repeat(65);
+        let e64 = "é".repeat(64);
+        let e65 = "é".repeat(65);
+        let cases: Vec<(&str, &str, String)> = vec![
+            ("empty", "", r#""""#.into()),
+            ("short", "frobnicate", r#""frobnicate""#.into()),
+            ("64 characters: whole", &a64, format!("\"{a64}\"")),
+            (
+                "65 characters: cut",
+                &a65,
+                format!("\"{a64}\"... (65 bytes)"),
+            ),
+            ("64 two-byte characters: whole", &e64, format!("\"{e64}\"")),
+            (
+                "65 two-byte characters: cut at a character, length in bytes",
+                &e65,
+                format!("\"{e64}\"... (130 bytes)"),
+            ),
+            ("quote and backslash", r#"a"b\c"#, r#""a\"b\\c""#.into()),
+            (
+                "ESC and BEL",
+                "\x1b]0;owned\x07",
+                r#""\u{1b}]0;owned\u{7}""#.into(),
+            ),
+            ("line feed and CR", "a\nb\r", r#""a\nb\r""#.into()),
+            ("C1 CSI", "\u{9b}31m", r#""\u{9b}31m""#.into()),
+            (
+                "right-to-left override",
+                "a\u{202e}b",
+                r#""a\u{202e}b""#.into(),
+            ),
+            ("line separator", "a\u{2028}b", r#""a\u{2028}b""#.into()),
+            (
+                "zero-width joiner, BOM",
+                "\u{200d}\u{feff}",
+                r#""\u{200d}\u{feff}""#.into(),
+            ),
+        ];
+        for (what, input, quoted) in cases {
+            assert_eq!(quote_input(input), quoted, "{what}");
+        }
+    }
+
+    /// A 1 MiB word, argument or address is quoted in a short error line.
+    #[test]
+    fn errors_about_a_huge_input_stay_short() {
+        let huge = "x".repeat(1 << 20);
+        let lines = [
+            huge.clone(),
+            format!("peers {huge}"),
+            format!("connect 127.0.0.1 {huge}"),
+            format!("connect 127.0.0.1 1 {huge}"),
+            format!("disconnect 127.0.0.1:1 {huge}"),
+            format!("send {huge}:1 hi"),
+            format!("connect {huge}:1"),
+            format!("connect {huge} 1"),
+            format!("forget {huge}:1"),
+            format!("disconnect {huge}:1"),
+        ];
+        for line in &lines {
+            let e = parse_command(line).expect_err("an error");
+            let text = e.to_string();
+            assert!(text.len() < 200, "{} bytes: {text}", text.len());
+            assert!(text.contains("... (1048"), "{text}");
+        }
+    }
+
+    #[test]
+    fn addresses_longer_than_any_host_port_are_refused() {
+        let name = "a".repeat(MAX_ADDR_LEN - ":65535".len());
+        let longest = format!("{name}:65535");
+        assert_eq!(
+            ok(&format!("connect {longest}")),
+            Some(Command::Connect {
+                addr: longest.clone()
+            })
+        );
+        let too_long = format!("a{longest}");
+        for line in [
+            format!("connect {too_long}"),
+            format!("connect a{name} 65535"),
+            format!("send {too_long} hi"),
+            format!("forget {too_long}"),
+            format!("disconnect {too_long}"),
+        ] {
+            match parse_command(&line) {
+                Err(CommandError::AddressTooLong(a)) => assert_eq!(a.len(), MAX_ADDR_LEN + 1),
+                other => panic!("{line:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]

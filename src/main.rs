@@ -12,20 +12,28 @@
 //! and documented in README.md, and an event is always exactly one line: peer text
 //! is printed with its control characters escaped (`cli::escape_line`), where the C++
 //! printed whatever bytes arrived.
+//!
+//! Standard input is read in bounded lines (`line_reader`): a line longer than the
+//! frame limit plus 4 KiB, or one that is not UTF-8, is refused with one `error: `
+//! line and skipped, and the next line is read as usual. Error lines quote at most a
+//! short, escaped prefix of what was typed (`cli::quote_input`), so neither memory nor
+//! stderr grows with the length of a line.
 
 mod cli;
+mod line_reader;
 
-use std::io::{self, BufRead};
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use crossbeam_channel::{bounded, never, select, unbounded, Receiver};
+use crossbeam_channel::{bounded, never, select, Receiver};
 
 use p2p_overlay::{peer_cache, resolve_peer_addr, Config, Node};
 
 use crate::cli::Command;
+use crate::line_reader::{Line, LineReader};
 
 const AFTER_HELP: &str = "\
 Commands are read from standard input, one per line (type 'help' once running).
@@ -164,7 +172,10 @@ fn parse_advertise(s: &str, port: u16) -> Result<SocketAddr, String> {
     match s.parse::<IpAddr>() {
         Ok(ip) if port != 0 => Ok(SocketAddr::new(ip, port)),
         Ok(_) => Err("--advertise without a port needs a fixed listen port, not 0".into()),
-        Err(_) => Err(format!("--advertise {s:?} is not an IP or IP:PORT")),
+        Err(_) => Err(format!(
+            "--advertise {} is not an IP or IP:PORT",
+            cli::quote_input(s)
+        )),
     }
 }
 
@@ -230,7 +241,7 @@ fn run(config: Config, args: &Args) -> Result<(), String> {
         connect(&node, &target);
     }
 
-    let mut commands = spawn_stdin_reader();
+    let mut commands = spawn_stdin_reader(line_reader::max_line(args.max_frame));
     let events = node.events();
     loop {
         select! {
@@ -240,10 +251,22 @@ fn run(config: Config, args: &Args) -> Result<(), String> {
                 Err(_) => break,
             },
             recv(commands) -> line => match line {
-                Ok(line) => {
+                Ok(Line::Text(line)) => {
                     if !run_line(&node, &line) {
                         break;
                     }
+                }
+                Ok(Line::TooLong { len }) => eprintln!(
+                    "error: line too long ({len} bytes, the limit is {} bytes); ignored",
+                    line_reader::max_line(args.max_frame)
+                ),
+                Ok(Line::BadUtf8 { offset, prefix }) => {
+                    let after = if prefix.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", after {}", cli::quote_input(&prefix))
+                    };
+                    eprintln!("error: line is not valid UTF-8 (at byte {offset}{after}); ignored");
                 }
                 // End of input: keep serving until a signal (see the module doc).
                 Err(_) => commands = never(),
@@ -255,21 +278,31 @@ fn run(config: Config, args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-/// Reads stdin on its own thread. It is the one thread not joined: a blocking read of
-/// stdin cannot be interrupted portably, and the process exits right after `stop`.
-fn spawn_stdin_reader() -> Receiver<String> {
-    let (tx, rx) = unbounded();
+/// Lines read but not yet run: the stdin thread waits when the main loop is busy (a
+/// `connect` can take seconds), so queued lines cost at most this many times the line
+/// limit instead of whatever a pipe delivers meanwhile.
+const QUEUED_LINES: usize = 4;
+
+/// Reads stdin on its own thread, in lines of at most `max_line` bytes (see
+/// `line_reader`); an over-long or non-UTF-8 line is passed on as such for the main
+/// loop to report, and reading goes on. Only a real read error (not bad bytes) ends
+/// it. It is the one thread not joined: a blocking read of stdin cannot be
+/// interrupted portably, and the process exits right after `stop`.
+fn spawn_stdin_reader(max_line: usize) -> Receiver<Line> {
+    let (tx, rx) = bounded(QUEUED_LINES);
     let spawned = std::thread::Builder::new()
         .name("stdin".into())
         .stack_size(256 * 1024)
         .spawn(move || {
-            for line in io::stdin().lock().lines() {
-                match line {
-                    Ok(l) => {
-                        if tx.send(l).is_err() {
+            let mut lines = LineReader::new(io::stdin().lock(), max_line);
+            loop {
+                match lines.read_line() {
+                    Ok(Some(line)) => {
+                        if tx.send(line).is_err() {
                             break;
                         }
                     }
+                    Ok(None) => break,
                     Err(e) => {
                         log::warn!("cannot read standard input: {e}");
                         break;
@@ -316,13 +349,14 @@ fn run_line(node: &Node, line: &str) -> bool {
         Command::Help => println!("{}", cli::HELP),
         Command::Exit => return false,
         Command::Connect { addr } => connect(node, &addr),
-        Command::Send { peer, text } => {
-            match resolve_peer_addr(&peer).and_then(|a| node.send_data_to_peer(a, &text).map(|_| a))
-            {
-                Ok(a) => println!("sent to {a}"),
-                Err(e) => eprintln!("error: send to {peer} failed: {e}"),
-            }
-        }
+        // The resolved address is quoted, not the typed one: `peer` is raw input.
+        Command::Send { peer, text } => match resolve_peer_addr(&peer) {
+            Ok(a) => match node.send_data_to_peer(a, &text) {
+                Ok(()) => println!("sent to {a}"),
+                Err(e) => eprintln!("error: send to {a} failed: {e}"),
+            },
+            Err(e) => eprintln!("error: send failed: {e}"),
+        },
         Command::Broadcast { text } => match node.broadcast_data(&text) {
             Ok(0) => eprintln!("error: broadcast reached no one: no peers connected"),
             Ok(n) => println!("broadcast sent to {n} peers"),

@@ -65,7 +65,15 @@ impl Log {
                 s.push_str(&format!("... {left_out} lines left out ...\n"));
             }
             if lines.len() <= HEAD + TAIL || i < HEAD || i >= lines.len() - TAIL {
-                s.push_str(l);
+                // A line of megabytes (an echoed over-long input) is shown by its start.
+                const LONG: usize = 2000;
+                match l.char_indices().nth(LONG) {
+                    Some((cut, _)) => {
+                        s.push_str(&l[..cut]);
+                        s.push_str(&format!("... ({} bytes in all)", l.len()));
+                    }
+                    None => s.push_str(l),
+                }
                 s.push('\n');
             }
         }
@@ -170,6 +178,8 @@ struct NodeProc {
     err: Receiver<String>,
     /// Every stdout line, consumed or not.
     out_history: Arc<Mutex<Vec<String>>>,
+    /// Every stderr line, consumed or not.
+    err_history: Arc<Mutex<Vec<String>>>,
     log: Log,
     /// Id from the first line.
     id: String,
@@ -205,6 +215,7 @@ impl NodeProc {
         let stderr = child.stderr.take().expect("stderr piped");
         let child = ChildGuard(child);
         let out_history = Arc::new(Mutex::new(Vec::new()));
+        let err_history = Arc::new(Mutex::new(Vec::new()));
         let out = spawn_reader(
             stdout,
             format!("{name} out"),
@@ -215,7 +226,7 @@ impl NodeProc {
             stderr,
             format!("{name} err"),
             log.clone(),
-            Arc::new(Mutex::new(Vec::new())),
+            Arc::clone(&err_history),
         );
         log.push(format!("[{name}] started: p2p-node {}", args.join(" ")));
         let mut node = NodeProc {
@@ -225,6 +236,7 @@ impl NodeProc {
             out,
             err,
             out_history,
+            err_history,
             log: log.clone(),
             id: String::new(),
             port: 0,
@@ -268,6 +280,51 @@ impl NodeProc {
         if !ok {
             self.fail(&format!("cannot write {line:?} to stdin"));
         }
+    }
+
+    /// Writes raw `bytes` to stdin; the transcript shows `what` instead of them.
+    fn send_bytes(&mut self, what: &str, bytes: &[u8]) {
+        self.log.push(format!("[{} in] <{what}>", self.name));
+        let ok = match self.stdin.as_mut() {
+            Some(stdin) => stdin.write_all(bytes).and_then(|_| stdin.flush()).is_ok(),
+            None => false,
+        };
+        if !ok {
+            self.fail(&format!("cannot write {what} to stdin"));
+        }
+    }
+
+    /// Every stderr line once the process has exited and its stderr is closed (the
+    /// reader thread has seen end of file), within `WAIT`.
+    fn all_stderr(&self) -> Vec<String> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.err.recv_timeout(left) {
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.fail(&format!("stderr still open after {WAIT:?}"))
+                }
+            }
+        }
+        self.err_history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Peak resident memory (`VmHWM` of /proc/<pid>/status) in KiB, or `None` where
+    /// there is no such file.
+    fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        line.trim_start_matches("VmHWM:")
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// Closes the node's standard input (end of file for the node).
@@ -1133,6 +1190,204 @@ fn relayed_broadcast_with_control_characters_prints_one_escaped_line() {
     let origin_up = format!("peer up: {} ", origin.addr());
     if b.count_lines_starting(&origin_up) != 0 {
         b.fail("B linked to the origin: the broadcast was not relayed");
+    }
+
+    for node in [&mut a, &mut b] {
+        node.send_line("exit");
+        node.expect_clean_exit();
+    }
+}
+
+/// `s` cut to its first 200 characters, for failure messages about lines that may be
+/// megabytes long (the first version echoed a whole over-long line).
+fn shorten(s: &str) -> String {
+    match s.char_indices().nth(200) {
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &s[..cut], s.len()),
+        None => format!("{s:?}"),
+    }
+}
+
+/// One `error: ` line on stderr starting with `prefix`, from every stderr line of a
+/// process that has exited; fails with the lines otherwise.
+fn assert_one_error(node: &NodeProc, stderr: &[String], prefix: &str) {
+    let errors: Vec<String> = stderr
+        .iter()
+        .filter(|l| l.starts_with("error"))
+        .map(|l| shorten(l))
+        .collect();
+    let first_ok = stderr
+        .iter()
+        .find(|l| l.starts_with("error"))
+        .is_some_and(|l| l.starts_with(prefix));
+    if errors.len() != 1 || !first_ok {
+        node.fail(&format!(
+            "expected one stderr line starting with {prefix:?}, got {errors:?}"
+        ));
+    }
+}
+
+/// The 5 MB line of the over-long line tests: no line feed in it.
+const LONG_LINE: usize = 5_000_000;
+
+/// A 5 MB line (the first version kept it whole and echoed it back in an `unknown
+/// command` error) is refused with one short `error: line too long` line; the node
+/// answers the next command and exits cleanly. Its peak memory is compared with an
+/// idle node's, measured the same way in the same test, where /proc exists.
+#[test]
+fn an_over_long_line_is_refused_in_one_short_error_and_costs_no_memory() {
+    let log = Log::default();
+    let mut idle = NodeProc::start(&log, "idle", &[]);
+    let mut fed = NodeProc::start(&log, "fed", &[]);
+
+    let mut long = vec![b'a'; LONG_LINE];
+    long.push(b'\n');
+    fed.send_bytes(
+        &format!("{LONG_LINE} bytes of 'a', then a line feed"),
+        &long,
+    );
+    drop(long);
+    // Commands run in order: `peers` answered means the long line was read and
+    // reported.
+    for node in [&mut idle, &mut fed] {
+        let peers = node.peers();
+        if peers != ["no peers connected"] {
+            node.fail(&format!("`peers` printed {peers:?}"));
+        }
+    }
+    let line = fed.expect_err_line("`error: line too long`", |l| l.starts_with("error: "));
+    let want = format!(
+        "error: line too long ({LONG_LINE} bytes, the limit is {} bytes); ignored",
+        (1 << 20) + 4096
+    );
+    if line != want {
+        fed.fail(&format!("printed {}, expected {want:?}", shorten(&line)));
+    }
+
+    // Peak memory: the line may cost its limit (1 MiB) but not its length.
+    if let (Some(idle_kib), Some(fed_kib)) = (idle.peak_rss_kib(), fed.peak_rss_kib()) {
+        log.push(format!("peak RSS: idle {idle_kib} KiB, fed {fed_kib} KiB"));
+        if fed_kib > idle_kib + 4 * 1024 {
+            fed.fail(&format!(
+                "peak RSS {fed_kib} KiB after a {LONG_LINE}-byte line, idle node {idle_kib} KiB"
+            ));
+        }
+    }
+
+    for node in [&mut idle, &mut fed] {
+        node.send_line("exit");
+        node.expect_clean_exit();
+    }
+    let stderr = fed.all_stderr();
+    assert_one_error(&fed, &stderr, "error: line too long (");
+    let bytes: usize = stderr.iter().map(|l| l.len() + 1).sum();
+    if bytes >= 4096 {
+        fed.fail(&format!("{bytes} bytes on stderr"));
+    }
+}
+
+/// The same without a line feed: the long line ends at end of input, is still
+/// reported once, and the node keeps running until a signal.
+#[test]
+fn an_over_long_last_line_without_line_feed_is_reported_at_end_of_input() {
+    let log = Log::default();
+    let mut a = NodeProc::start(&log, "A", &[]);
+    a.send_bytes(
+        &format!("{LONG_LINE} bytes of 'a', no line feed"),
+        &vec![b'a'; LONG_LINE],
+    );
+    a.close_stdin();
+    a.expect_err_line("`error: line too long`", |l| l.starts_with("error: "));
+    a.signal("TERM");
+    a.expect_clean_exit();
+    let stderr = a.all_stderr();
+    assert_one_error(
+        &a,
+        &stderr,
+        &format!("error: line too long ({LONG_LINE} bytes"),
+    );
+}
+
+/// A line with a byte that is not UTF-8 is one error; the lines after it still run,
+/// `exit` included (the first version's stdin thread stopped at such a byte).
+#[test]
+fn invalid_utf8_is_an_error_for_that_line_only() {
+    let log = Log::default();
+    let mut a = NodeProc::start(&log, "A", &[]);
+    a.send_bytes("pe\\xffers and a line feed", b"pe\xffers\n");
+    let peers = a.peers();
+    if peers != ["no peers connected"] {
+        a.fail(&format!("`peers` printed {peers:?}"));
+    }
+    let line = a.expect_err_line("`error: line is not valid UTF-8`", |l| {
+        l.starts_with("error: ")
+    });
+    let want = r#"error: line is not valid UTF-8 (at byte 2, after "pe"); ignored"#;
+    if line != want {
+        a.fail(&format!("printed {}, expected {want:?}", shorten(&line)));
+    }
+    a.send_line("exit");
+    a.expect_clean_exit();
+    let stderr = a.all_stderr();
+    assert_one_error(&a, &stderr, "error: line is not valid UTF-8");
+}
+
+/// A 1 MiB unknown command word (within the line limit) is quoted by its first 64
+/// characters only.
+#[test]
+fn a_huge_unknown_command_is_quoted_short() {
+    let log = Log::default();
+    let mut a = NodeProc::start(&log, "A", &[]);
+    let mut word = vec![b'x'; 1 << 20];
+    word.push(b'\n');
+    a.send_bytes("1 MiB of 'x', then a line feed", &word);
+    let line = a.expect_err_line("`error: unknown command`", |l| l.starts_with("error: "));
+    let want = format!(
+        "error: unknown command \"{}\"... (1048576 bytes) (type 'help')",
+        "x".repeat(64)
+    );
+    if line != want {
+        a.fail(&format!("printed {}, expected {want:?}", shorten(&line)));
+    }
+    a.send_line("exit");
+    a.expect_clean_exit();
+}
+
+/// The line limit is the frame limit plus 4 KiB: a line of exactly the limit is read
+/// (here an unknown command), one byte more is refused, and the largest text a DATA
+/// frame can carry (`max_frame - 1` bytes) fits on a `send` line and arrives whole.
+#[test]
+fn the_largest_message_fits_on_a_line_and_the_limit_is_exact() {
+    const LIMIT: usize = (1 << 20) + 4096;
+    let log = Log::default();
+    let mut a = NodeProc::start(&log, "A", &["--no-auto-dial"]);
+    let a_port = a.port.to_string();
+    let mut b = NodeProc::start(&log, "B", &["127.0.0.1", &a_port, "--no-auto-dial"]);
+    a.expect_exact(&format!("peer up: {} (id {}, in)", b.addr(), b.id));
+
+    for (len, want) in [
+        (LIMIT, "error: unknown command \"x"),
+        (LIMIT + 1, "error: line too long ("),
+    ] {
+        let mut line = vec![b'x'; len];
+        line.push(b'\n');
+        a.send_bytes(&format!("{len} bytes of 'x', then a line feed"), &line);
+        let got = a.expect_err_line("an `error: ` line", |l| l.starts_with("error: "));
+        if !got.starts_with(want) || !got.contains(&format!("{len} bytes")) {
+            a.fail(&format!(
+                "for {len} bytes: {}, expected {want:?}",
+                shorten(&got)
+            ));
+        }
+    }
+
+    let text = "m".repeat((1 << 20) - 1);
+    let mut line = format!("send {} {text}", b.addr()).into_bytes();
+    line.push(b'\n');
+    a.send_bytes("send <B> with a text of max_frame - 1 bytes", &line);
+    a.expect_exact(&format!("sent to {}", b.addr()));
+    let got = b.expect_line("`message from `", |l| l.starts_with("message from "));
+    if got != format!("message from {}: {text}", a.addr()) {
+        b.fail(&format!("received {}", shorten(&got)));
     }
 
     for node in [&mut a, &mut b] {
