@@ -465,8 +465,8 @@ pub(crate) fn format_info(i: &NodeInfo) -> Vec<String> {
         format!("network: {}", i.network),
         format!("links: {} (target {})", i.links, i.target_links),
         format!(
-            "connections: {} open, {} dialing, {} pending handshakes",
-            i.connections, i.dialing, i.pending_handshakes
+            "connections: {} open (at most {}), {} dialing, {} pending handshakes",
+            i.connections, i.max_connections, i.dialing, i.pending_handshakes
         ),
         format!(
             "known addresses: {} (see 'known' for each address's backoff)",

@@ -40,6 +40,23 @@ pub struct Config {
     /// closed at once (and counted), so idle or slow connections cannot pile up
     /// threads. Defaults to 32; a real handshake takes one round trip.
     pub max_pending_handshakes: usize,
+    /// Cap on open sockets of both directions, whatever state they are in: in their
+    /// handshake, linked, retired duplicates, referrals, dials still connecting. Each
+    /// costs a thread (two when linked) and a descriptor, from accept (or from
+    /// before the dial starts) until its thread ends. Past it, an accepted socket is
+    /// closed at once, before any byte (counted as `connections_refused_cap`), and a
+    /// dial is not started (`Error::TooManyConnections`; the dial plan waits for the
+    /// next tick).
+    ///
+    /// Defaults to 192, that is `max_links` (128) plus `max_pending_handshakes` (32)
+    /// plus 32 for duplicates being retired and referrals draining. A plain value
+    /// rather than one derived at start, so what `info` shows is what was set; set it
+    /// yourself when you change those two. A connection that is past its handshake
+    /// but not a link does not linger in the last `max_pending_handshakes` places (it
+    /// is closed at once instead), so as long as `max_connections` is at least
+    /// `max_links + max_pending_handshakes`, links never squeeze out handshakes.
+    /// Must be above `max_pending_handshakes`.
+    pub max_connections: usize,
     /// Whether the node dials addresses it learns by peer exchange. Defaults to `true`;
     /// turning it off leaves only explicit `connect_to_peer` calls (tests use it to
     /// build a fixed topology).
@@ -103,6 +120,7 @@ impl Default for Config {
             max_links: 128,
             max_inbound_links: 64,
             max_pending_handshakes: 32,
+            max_connections: 192,
             auto_dial: true,
             heartbeat_interval: Duration::from_secs(1),
             peer_timeout: Duration::from_secs(3),
@@ -177,6 +195,12 @@ impl Config {
                     .into(),
             );
         }
+        if self.max_connections <= self.max_pending_handshakes {
+            return bad(format!(
+                "max connections ({}) must exceed max pending handshakes ({})",
+                self.max_connections, self.max_pending_handshakes
+            ));
+        }
         if self.target_links > self.max_links {
             return bad(format!(
                 "target links ({}) cannot exceed max links ({})",
@@ -213,6 +237,12 @@ mod tests {
         Config::default()
             .validate()
             .expect("default config is valid");
+        let c = Config::default();
+        assert_eq!(
+            c.max_connections,
+            c.max_links + c.max_pending_handshakes + 32,
+            "the documented derivation of the default"
+        );
     }
 
     #[test]
@@ -230,6 +260,10 @@ mod tests {
             ),
             ("max frame", Box::new(|c| c.max_frame = 10)),
             ("queue length", Box::new(|c| c.queue_len = 0)),
+            (
+                "max connections",
+                Box::new(|c| c.max_connections = c.max_pending_handshakes),
+            ),
             (
                 "target links",
                 Box::new(|c| c.target_links = c.max_links + 1),

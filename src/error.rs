@@ -55,6 +55,13 @@ pub enum Error {
     LinkClosed(SocketAddr),
     /// The OS refused to start a thread.
     Thread(io::Error),
+    /// `max_connections` sockets are open (accepted and dialled, in any state), so
+    /// no dial was started. Nothing was sent; the address is not marked as failing.
+    /// Retry once connections have closed.
+    TooManyConnections {
+        /// `Config::max_connections`.
+        max: usize,
+    },
 }
 
 impl fmt::Display for Error {
@@ -77,6 +84,10 @@ impl fmt::Display for Error {
             }
             Error::LinkClosed(addr) => write!(f, "the link to {addr} closed"),
             Error::Thread(e) => write!(f, "cannot start a thread: {e}"),
+            Error::TooManyConnections { max } => write!(
+                f,
+                "{max} connections open, the most this node allows: dial not started"
+            ),
         }
     }
 }
@@ -246,5 +257,9 @@ mod tests {
             "handshake with 127.0.0.1:1 failed: listen port 0"
         );
         assert!(std::error::Error::source(&e).is_some());
+        assert_eq!(
+            Error::TooManyConnections { max: 192 }.to_string(),
+            "192 connections open, the most this node allows: dial not started"
+        );
     }
 }

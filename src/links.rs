@@ -6,6 +6,17 @@
 //! Protocols get a `&Links` and nothing more: they look links up, queue frames and
 //! deliver events through it, and never see the node as a whole.
 //!
+//! Admission: every socket, accepted or dialled, holds a [`ConnSlot`] from accept (or
+//! before its dial starts) until its connection thread ends, so `max_connections`
+//! bounds threads and descriptors whatever the connection turns out to be (handshake,
+//! link, retired duplicate, referral). Accepted sockets also hold a [`PendingSlot`]
+//! for their handshake. Both are atomics, not under the lock.
+//!
+//! Duplicates are bounded: at most [`MAX_RETIRING_PER_NODE`] connections per node id
+//! linger, and none lingers in the last `max_pending_handshakes` places of the
+//! connection cap (those stay free for handshakes); a connection past those bounds
+//! is closed at once ([`Register::Surplus`]).
+//!
 //! Locks: one, `registry` (the peer table, open connections, connection threads,
 //! dials in progress, retiring duplicates). Every method takes it, copies or updates,
 //! and lets it go before any socket call, blocking queue push or thread join. Each
@@ -45,6 +56,12 @@ const EVENT_WAIT: Duration = Duration::from_secs(1);
 /// half-close it: the peer may still be finishing the handshake of the winner, and
 /// closing the loser first would make it report the link down and up again.
 const DUPLICATE_LINGER: Duration = Duration::from_secs(1);
+
+/// How many connections of one node id may be retiring (lingering) at once. A
+/// simultaneous dial leaves one; a connection to an already-linked node arriving
+/// while this many are retiring is closed at once instead, so a peer that sends the
+/// JOIN of a linked id again and again cannot pile up lingering threads.
+pub(crate) const MAX_RETIRING_PER_NODE: usize = 2;
 
 /// How long `stop` lets links close gracefully (LEAVE flushed, peer hangs up) before it
 /// shuts every socket down.
@@ -214,8 +231,13 @@ pub(crate) enum Register {
     Linked {
         new: bool,
     },
-    /// Another connection to the same node wins; this one is retired.
+    /// Another connection to the same node wins; this one is retired (its entry in
+    /// `Registry.retiring` is already made).
     Duplicate(Arc<Link>),
+    /// The node is linked already and no more of its connections may linger
+    /// ([`MAX_RETIRING_PER_NODE`], or the connection cap is nearly full): this
+    /// connection is closed at once, the existing link (given) stays.
+    Surplus(Arc<Link>),
     Refused(HandshakeError),
 }
 
@@ -239,12 +261,28 @@ impl Drop for PendingSlot {
     }
 }
 
+/// A socket's place under `max_connections`, held from accept (or from before the
+/// dial starts) until its connection thread ends; dropping it frees the place. It is
+/// owned by the thread's closure, so a thread that cannot be spawned frees it too,
+/// exactly once.
+pub(crate) struct ConnSlot {
+    open: Arc<AtomicUsize>,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// A connection that lost the one-link-per-pair rule. It is no longer a link (nothing
 /// new is queued on it), but its reader keeps delivering what the peer already sent
 /// until the peer closes it, so a message sent during a simultaneous dial is never
 /// lost. The maintenance thread enforces the two deadlines.
 struct Retiring {
     conn_id: u64,
+    /// Whose duplicate it is, for [`MAX_RETIRING_PER_NODE`].
+    node_id: NodeId,
     closer: Closer,
     /// Its outbox, if it has a writer: at `half_close_at` the writer is told to flush
     /// and half-close, so nothing already queued is cut off.
@@ -277,6 +315,16 @@ pub(crate) struct LinkCounts {
     pub pending_handshakes: usize,
 }
 
+impl Registry {
+    /// Connections of `node_id` being retired.
+    fn retiring_of(&self, node_id: NodeId) -> usize {
+        self.retiring
+            .iter()
+            .filter(|r| r.node_id == node_id)
+            .count()
+    }
+}
+
 /// The link manager; see the module docs.
 pub(crate) struct Links {
     config: Arc<Config>,
@@ -291,6 +339,8 @@ pub(crate) struct Links {
     next_conn: AtomicU64,
     /// Accepted sockets still in their handshake (see `max_pending_handshakes`).
     pending: Arc<AtomicUsize>,
+    /// Sockets holding a [`ConnSlot`] (see `max_connections`).
+    open: Arc<AtomicUsize>,
     stats: Stats,
 }
 
@@ -310,6 +360,7 @@ impl Links {
             wake,
             next_conn: AtomicU64::new(1),
             pending: Arc::new(AtomicUsize::new(0)),
+            open: Arc::new(AtomicUsize::new(0)),
             stats: Stats::default(),
         };
         (links, events_rx, wake_rx)
@@ -405,6 +456,56 @@ impl Links {
 
     // --- admission ---
 
+    /// A place under `max_connections` for a socket, or `None` when the cap is
+    /// reached. Does not count or log: see [`Links::admit_connection`] for accepted
+    /// sockets; a dial that gets `None` is simply not started.
+    pub(crate) fn conn_slot(&self) -> Option<ConnSlot> {
+        let before = self.open.fetch_add(1, Ordering::SeqCst);
+        let slot = ConnSlot {
+            open: Arc::clone(&self.open),
+        };
+        // Past the cap the slot is dropped here, which undoes the increment.
+        (before < self.config.max_connections).then_some(slot)
+    }
+
+    /// Whether a dial could get a [`ConnSlot`] now (the maintenance thread does not
+    /// plan dials otherwise).
+    pub(crate) fn has_free_slot(&self) -> bool {
+        self.open.load(Ordering::SeqCst) < self.config.max_connections
+    }
+
+    /// A place under `max_connections` for an accepted socket; `None` (counted as
+    /// `connections_refused_cap`, logged on the first and every 1000th) when the cap
+    /// is reached: the caller closes the socket at once, before any byte.
+    pub(crate) fn admit_connection(&self) -> Option<ConnSlot> {
+        if let Some(slot) = self.conn_slot() {
+            return Some(slot);
+        }
+        let n = stats::add(&self.stats.connections_refused_cap, 1);
+        if n % 1000 == 0 {
+            log::warn!(
+                "{} connections open: refusing new connections ({} refused so far)",
+                self.config.max_connections,
+                n + 1
+            );
+        }
+        None
+    }
+
+    /// Whether a connection that is past its handshake but not a link (a retired
+    /// duplicate, a referral draining) may stay open a while: not when the open
+    /// connections reach into the last `max_pending_handshakes` places of the cap,
+    /// which are kept for handshakes.
+    fn may_linger(&self) -> bool {
+        let reserved = self.config.max_pending_handshakes;
+        self.open.load(Ordering::SeqCst) + reserved < self.config.max_connections
+    }
+
+    /// See [`Links::may_linger`]: whether a referral may drain before it closes.
+    pub(crate) fn may_drain_referral(&self) -> bool {
+        self.may_linger()
+    }
+
     /// Counts an accepted socket as a pending handshake; `None` (and counted as
     /// refused) when `max_pending_handshakes` are pending already.
     pub(crate) fn admit_pending(&self) -> Option<PendingSlot> {
@@ -456,18 +557,35 @@ impl Links {
             max_links: self.config.max_links,
             max_inbound: self.config.max_inbound_links,
         };
-        let outcome = self
-            .registry
-            .lock()
-            .table
-            .insert(Arc::clone(&link), limits, stale_before);
+        let may_linger = self.may_linger();
+        // One critical section: the check against the retiring bound, the insert and
+        // the retiring entry it needs, so concurrent duplicates cannot all pass.
+        let outcome = {
+            let mut r = self.registry.lock();
+            if let Some(existing) = r.table.get(link.node_id) {
+                if !may_linger || r.retiring_of(link.node_id) >= MAX_RETIRING_PER_NODE {
+                    drop(r);
+                    return self.surplus(&link, existing);
+                }
+            }
+            let outcome = r.table.insert(Arc::clone(&link), limits, stale_before);
+            match &outcome {
+                Insert::Kept(_) => self.push_retiring(&mut r, &link, None),
+                Insert::Added { replaced } => {
+                    for old in replaced.iter().filter(|o| o.node_id == link.node_id) {
+                        self.push_retiring(&mut r, old, Some(Arc::clone(&old.outbox)));
+                    }
+                }
+                _ => {}
+            }
+            outcome
+        };
         match outcome {
             Insert::Added { replaced } => {
                 let mut same_node = false;
                 for old in replaced {
                     if old.node_id == link.node_id {
                         same_node = true;
-                        self.add_retiring(&old, Some(Arc::clone(&old.outbox)));
                     } else {
                         old.closer.shutdown();
                         log::info!(
@@ -494,6 +612,21 @@ impl Links {
                 Register::Refused(HandshakeError::AddressTaken(link.addr))
             }
         }
+    }
+
+    /// Counts and logs (rate-limited) a connection to a linked node that may not
+    /// linger; the caller closes it.
+    fn surplus(&self, link: &Link, existing: Arc<Link>) -> Register {
+        let n = stats::add(&self.stats.duplicates_closed, 1);
+        if n % 1000 == 0 {
+            log::warn!(
+                "{}: another connection for linked node {}, closed at once ({} so far)",
+                link.addr,
+                link.node_id,
+                n + 1
+            );
+        }
+        Register::Surplus(existing)
     }
 
     /// Reports a new link to the application (`PeerUp`).
@@ -580,25 +713,23 @@ impl Links {
         });
     }
 
-    /// Winds down a new connection that lost to the existing link: it is read until the
-    /// peer closes it, and half-closed by us after [`DUPLICATE_LINGER`].
-    pub(crate) fn retire_duplicate(&self, conn: &Link) {
-        self.add_retiring(conn, None);
-    }
-
-    /// The linger gives the peer time to finish the winning handshake before it sees
-    /// this connection end; otherwise it would report the link down and up again.
-    /// Whatever happens, the connection is shut after the handshake timeout more.
-    fn add_retiring(&self, link: &Link, outbox: Option<Arc<Outbox>>) {
-        let half_close_at = Instant::now() + DUPLICATE_LINGER;
-        let mut r = self.registry.lock();
+    /// Winds a connection down (a new one that lost to the existing link, or a link
+    /// replaced by a new one to the same node): it is read until the peer closes it,
+    /// and half-closed by us after [`DUPLICATE_LINGER`]. The linger gives the peer
+    /// time to finish the winning handshake before it sees this connection end;
+    /// otherwise it would report the link down and up again. Whatever happens, the
+    /// connection is shut after the handshake timeout more. Called under the lock by
+    /// `register`, which has checked [`MAX_RETIRING_PER_NODE`].
+    fn push_retiring(&self, r: &mut Registry, link: &Link, outbox: Option<Arc<Outbox>>) {
         // A connection whose thread already ended (and unregistered it) needs no
         // winding down; an entry would only keep its descriptor open until give-up.
         if !r.conns.contains_key(&link.conn_id) {
             return;
         }
+        let half_close_at = Instant::now() + DUPLICATE_LINGER;
         r.retiring.push(Retiring {
             conn_id: link.conn_id,
+            node_id: link.node_id,
             closer: link.closer.clone(),
             outbox,
             half_close_at: Some(half_close_at),
@@ -819,5 +950,52 @@ fn join_all(handles: Vec<JoinHandle<()>>) {
         if h.join().is_err() {
             log::error!("a connection thread panicked");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn links_with_cap(max_connections: usize, max_pending_handshakes: usize) -> Links {
+        let config = Config {
+            max_connections,
+            max_pending_handshakes,
+            ..Config::default()
+        };
+        Links::new(Arc::new(config), Clock::start()).0
+    }
+
+    #[test]
+    fn conn_slots_are_capped_and_each_is_freed_once_on_drop() {
+        let links = links_with_cap(3, 1);
+        let a = links.admit_connection().expect("first");
+        let b = links.conn_slot().expect("second (a dial)");
+        let c = links.admit_connection().expect("third");
+        assert!(!links.has_free_slot());
+        assert!(links.conn_slot().is_none(), "a dial past the cap");
+        assert!(links.admit_connection().is_none(), "an accept past the cap");
+        assert_eq!(links.stats().snapshot().connections_refused_cap, 1);
+        // A refused attempt took no place: freeing one makes exactly one free.
+        drop(b);
+        assert!(links.has_free_slot());
+        let d = links.conn_slot().expect("the freed place");
+        assert!(links.conn_slot().is_none());
+        drop((a, c, d));
+        assert_eq!(links.open.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn nothing_lingers_in_the_places_kept_for_handshakes() {
+        // Cap 4, 2 kept for handshakes: lingering is allowed while fewer than 2
+        // places are taken.
+        let links = links_with_cap(4, 2);
+        let first = links.conn_slot().expect("slot");
+        assert!(links.may_linger());
+        let second = links.conn_slot().expect("slot");
+        assert!(!links.may_linger());
+        drop(second);
+        assert!(links.may_linger());
+        drop(first);
     }
 }

@@ -90,6 +90,11 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 32)]
     max_pending: usize,
 
+    /// Most open connections of both directions in any state (each costs a thread
+    /// and a descriptor); more accepted sockets are closed at once, more dials wait
+    #[arg(long, value_name = "N", default_value_t = 192)]
+    max_connections: usize,
+
     /// Do not dial addresses learned from peers (only the bootstrap and 'connect')
     #[arg(long)]
     no_auto_dial: bool,
@@ -150,6 +155,7 @@ impl Args {
             max_links: self.max_links,
             max_inbound_links: self.max_inbound,
             max_pending_handshakes: self.max_pending,
+            max_connections: self.max_connections,
             auto_dial: !self.no_auto_dial,
             heartbeat_interval: Duration::from_millis(self.heartbeat_ms),
             peer_timeout: Duration::from_millis(self.timeout_ms),

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver};
 
+use crate::error::Error;
 use crate::links::DialClaim;
 use crate::peer_connection::Dial;
 use crate::peer_connection_factory::PeerConnectionFactory;
@@ -70,16 +71,27 @@ pub(crate) fn run(shared: Arc<Shared>, stop: Receiver<()>, wake: Receiver<()>) {
     }
 }
 
-/// Starts dials towards `target_links`, as membership plans them.
+/// Starts dials towards `target_links`, as membership plans them. With
+/// `max_connections` sockets open it plans nothing, and it stops at the first dial
+/// that finds the cap reached: a dial not started is no failure of the address (no
+/// backoff), and the next tick looks again, so nothing spins.
 pub(crate) fn dial_more(shared: &Arc<Shared>, factory: &PeerConnectionFactory) {
     let links = &shared.links;
+    if !links.has_free_slot() {
+        return;
+    }
     for addr in shared.protocols.membership.dial_plan(links) {
         if let DialClaim::Busy(_) = links.claim_dial(addr) {
             continue;
         }
         log::debug!("dialing {addr}");
-        if let Err(e) = factory.dial(Dial { addr, waiter: None }) {
-            log::debug!("dial {addr} not started: {e}");
+        match factory.dial(Dial { addr, waiter: None }) {
+            Ok(()) => {}
+            Err(e @ Error::TooManyConnections { .. }) => {
+                log::debug!("dial {addr} not started: {e}");
+                break;
+            }
+            Err(e) => log::debug!("dial {addr} not started: {e}"),
         }
     }
 }

@@ -72,8 +72,11 @@ pub struct NodeInfo {
     pub known_addrs: usize,
     /// Dials in progress.
     pub dialing: usize,
-    /// Open sockets, including ones still in their handshake.
+    /// Open sockets, including ones still in their handshake (dials still
+    /// connecting are not counted; they are under `max_connections` too).
     pub connections: usize,
+    /// The cap on open sockets (`Config::max_connections`).
+    pub max_connections: usize,
     /// Accepted sockets in their handshake right now.
     pub pending_handshakes: usize,
     /// Broadcast ids in the seen-cache (bounded by `seen_cache_size`).
@@ -172,7 +175,9 @@ impl Node {
     /// Blocks until the handshake is done or failed: at most the connect timeout plus
     /// the handshake timeout. If a dial of `addr` is already running (the maintenance
     /// thread's), it waits for that one. The address is remembered and redialled if
-    /// the link drops (the C++ `connectToPeer`).
+    /// the link drops (the C++ `connectToPeer`). With `max_connections` sockets
+    /// open it fails at once with `TooManyConnections` (the address is still
+    /// remembered, so the node dials it once there is room).
     pub fn connect_to_peer(&self, addr: SocketAddr) -> Result<PeerInfo, Error> {
         let shared = &self.shared;
         let links = &shared.links;
@@ -307,6 +312,7 @@ impl Node {
             known_addrs: s.protocols.membership.known_len(),
             dialing: counts.dialing,
             connections: counts.connections,
+            max_connections: config.max_connections,
             pending_handshakes: counts.pending_handshakes,
             seen_ids: s.protocols.broadcast.seen_len(),
             stored_broadcasts: s.protocols.broadcast.stored(),

@@ -9,7 +9,11 @@
 //!    id (we dialled ourselves) ends the connection.
 //! 2. **Register.** [`Links::register`](crate::links::Links::register) adds the link
 //!    to the peer table, which keeps one link per pair of nodes; a losing duplicate
-//!    is retired, a connection refused for capacity is referred elsewhere.
+//!    is retired (or closed at once past the retiring bound), a connection refused
+//!    for capacity is referred elsewhere.
+//!
+//! Every `PeerConnection` holds a `ConnSlot` (its place under `max_connections`)
+//! for its whole life, whatever it becomes, and frees it when it is dropped.
 //! 3. **Writer.** A second thread runs the link's outbox: it sends what callers
 //!    queued, many frames per write (callers send directly when the link is idle).
 //! 4. **Reader loop.** This thread reads frames and hands each to
@@ -27,7 +31,7 @@ use crossbeam_channel::Sender;
 
 use crate::error::{Error, HandshakeError};
 use crate::event::{Direction, DownReason, PeerInfo};
-use crate::links::{Link, LinkId, PendingSlot, Register};
+use crate::links::{ConnSlot, Link, LinkId, PendingSlot, Register};
 use crate::p2p_message::{
     read_frame, read_frame_buffered, DecodeError, Join, P2PMessage, MAX_JOIN_FRAME,
 };
@@ -68,6 +72,10 @@ pub(crate) struct PeerConnection {
     pending: Option<PendingSlot>,
     /// For dials: what to report the outcome to; `None` once reported.
     dial: Option<Dial>,
+    /// The connection's place under `max_connections`, freed when this value is
+    /// dropped: at the end of `run`, after the stream is unregistered, or with the
+    /// closure of a thread that could not be spawned.
+    _slot: ConnSlot,
 }
 
 impl PeerConnection {
@@ -77,6 +85,7 @@ impl PeerConnection {
         stream: Stream,
         conn_id: u64,
         remote: SocketAddr,
+        slot: ConnSlot,
         pending: PendingSlot,
     ) -> PeerConnection {
         PeerConnection {
@@ -87,6 +96,7 @@ impl PeerConnection {
             direction: Direction::Inbound,
             pending: Some(pending),
             dial: None,
+            _slot: slot,
         }
     }
 
@@ -95,6 +105,7 @@ impl PeerConnection {
         shared: Arc<Shared>,
         stream: Stream,
         conn_id: u64,
+        slot: ConnSlot,
         dial: Dial,
     ) -> PeerConnection {
         PeerConnection {
@@ -105,6 +116,7 @@ impl PeerConnection {
             direction: Direction::Outbound,
             pending: None,
             dial: Some(dial),
+            _slot: slot,
         }
     }
 
@@ -223,10 +235,16 @@ impl PeerConnection {
             Register::Duplicate(existing) => {
                 log::debug!("{addr}: duplicate connection, keeping the other one");
                 self.finish_dial(Ok(existing.info()));
-                // Deliver whatever the peer sent here before it saw the winner.
-                links.retire_duplicate(&link);
+                // Retiring already (`register` made the entry). Deliver whatever the
+                // peer sent here before it saw the winner.
                 self.read_loop(&link);
                 protocols.link_down(self.conn_id);
+                return;
+            }
+            Register::Surplus(existing) => {
+                // Closed at once by `run`: no linger, no reading.
+                log::debug!("{addr}: surplus connection to a linked node, closing it");
+                self.finish_dial(Ok(existing.info()));
                 return;
             }
             Register::Refused(reason @ HandshakeError::LinkLimit { .. }) => {
@@ -276,7 +294,9 @@ impl PeerConnection {
 
     /// A node at its link cap still helps a joiner: it sends the addresses it knows and
     /// LEAVE (so the peer does not redial at once), half-closes, and reads until the
-    /// peer hangs up (at most a second), so the goodbye is not lost to a reset.
+    /// peer hangs up (at most a second), so the goodbye is not lost to a reset. When
+    /// the connection cap is nearly full (`Links::may_drain_referral`) it does not
+    /// wait: the places left are kept for handshakes.
     fn refer_elsewhere(&self, addr: SocketAddr) {
         let shared = &self.shared;
         let mut bytes = shared
@@ -290,6 +310,9 @@ impl PeerConnection {
             return;
         }
         writer.shutdown(std::net::Shutdown::Write);
+        if !shared.links.may_drain_referral() {
+            return;
+        }
         let mut reader = self.stream.reader();
         let _ = reader.set_read_timeout(Some(REFER_DRAIN));
         let deadline = Instant::now() + REFER_DRAIN;

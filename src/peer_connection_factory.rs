@@ -10,6 +10,11 @@
 //!   sockets). Here each connection gets its own named thread with a small, set stack,
 //!   the handshake timeout bounds how long a silent socket holds it, and at most
 //!   `max_pending_handshakes` accepted sockets wait for their JOIN at once.
+//! - Every socket, accepted or dialled, holds a `ConnSlot` from accept (or from
+//!   before its dial thread starts) until its thread ends: at most `max_connections`
+//!   sockets (and their threads) exist at once, whatever they turn into. An accepted
+//!   socket over the cap is closed at once, before any byte; a dial over it is not
+//!   started (`Error::TooManyConnections`).
 //! - The same factory also dials: an outbound connection runs exactly the same code as
 //!   an inbound one, because both ends of a link speak the same protocol.
 //! - Every stream is registered with the link manager as soon as it exists (an
@@ -23,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::links::PendingSlot;
+use crate::links::{ConnSlot, PendingSlot};
 use crate::peer_connection::{Dial, PeerConnection};
 use crate::shared::Shared;
 use crate::transport::thread::spawn_named;
@@ -50,12 +55,16 @@ impl PeerConnectionFactory {
             }
             match socket {
                 Ok(s) => {
-                    // Refused sockets are dropped, i.e. closed, right here.
-                    let Some(slot) = links.admit_pending() else {
+                    // Refused sockets are dropped, i.e. closed, right here, before any
+                    // byte: first the connection cap, then the pending-handshake cap.
+                    let Some(slot) = links.admit_connection() else {
+                        continue;
+                    };
+                    let Some(pending) = links.admit_pending() else {
                         continue;
                     };
                     match s.peer_addr() {
-                        Ok(remote) => self.create_connection(Stream::tcp(s), remote, slot),
+                        Ok(remote) => self.create_connection(Stream::tcp(s), remote, slot, pending),
                         Err(e) => log::debug!("accepted socket has no peer address: {e}"),
                     }
                 }
@@ -69,12 +78,19 @@ impl PeerConnectionFactory {
     }
 
     /// Runs an accepted stream (the C++ `createConnection`). A stream that cannot get a
-    /// thread is closed and the refusal is logged.
-    pub(crate) fn create_connection(&self, stream: Stream, remote: SocketAddr, slot: PendingSlot) {
+    /// thread is closed (its slots freed with it) and the refusal is logged.
+    pub(crate) fn create_connection(
+        &self,
+        stream: Stream,
+        remote: SocketAddr,
+        slot: ConnSlot,
+        pending: PendingSlot,
+    ) {
         let shared = &self.shared;
         let conn_id = shared.links.next_conn_id();
         shared.links.add_conn(conn_id, stream.closer());
-        let conn = PeerConnection::accepted(Arc::clone(shared), stream, conn_id, remote, slot);
+        let conn =
+            PeerConnection::accepted(Arc::clone(shared), stream, conn_id, remote, slot, pending);
         if let Err(e) = self.spawn(format!("rx {remote}"), conn_id, move || conn.run()) {
             log::error!("cannot start a connection thread for {remote}: {e}");
         }
@@ -82,10 +98,17 @@ impl PeerConnectionFactory {
 
     /// Dials `dial.addr` on a new thread, which then runs the connection; its outcome
     /// goes to `dial.waiter`. The caller has claimed the address
-    /// (`Links::claim_dial`); the connection releases it. Returns at once; fails only
-    /// when no thread can be started.
+    /// (`Links::claim_dial`); the connection releases it. Returns at once; fails
+    /// (and releases the claim) when `max_connections` sockets are open
+    /// (`TooManyConnections`: the dial is not started) or no thread can be started.
     pub(crate) fn dial(&self, dial: Dial) -> Result<(), Error> {
         let addr = dial.addr;
+        let Some(slot) = self.shared.links.conn_slot() else {
+            self.shared.links.end_dial(&addr);
+            return Err(Error::TooManyConnections {
+                max: self.shared.links.config().max_connections,
+            });
+        };
         let shared = Arc::clone(&self.shared);
         let spawned = spawn_named(
             format!("dial {addr}"),
@@ -96,9 +119,11 @@ impl PeerConnectionFactory {
                     Ok(stream) => {
                         let conn_id = links.next_conn_id();
                         links.add_conn(conn_id, stream.closer());
-                        PeerConnection::dialled(Arc::clone(&shared), stream, conn_id, dial).run();
+                        PeerConnection::dialled(Arc::clone(&shared), stream, conn_id, slot, dial)
+                            .run();
                     }
                     Err(source) => {
+                        drop(slot);
                         log::debug!("dial {addr} failed: {source}");
                         shared
                             .protocols
@@ -137,8 +162,8 @@ impl PeerConnectionFactory {
                 Ok(())
             }
             Err(e) => {
-                // The closure (and with it the stream and its slot) was dropped by the
-                // failed spawn.
+                // The closure (and with it the stream and its slots) was dropped by
+                // the failed spawn.
                 links.remove_conn(conn_id);
                 Err(e)
             }

@@ -847,6 +847,7 @@ fn help_flag_exits_0_and_lists_every_option() {
         "--network",
         "--target-links",
         "--max-links",
+        "--max-connections",
         "--no-auto-dial",
         "--heartbeat-ms",
         "--timeout-ms",
@@ -862,6 +863,27 @@ fn help_flag_exits_0_and_lists_every_option() {
         );
     }
     assert!(!f.stdout.contains("panicked") && !f.stderr.contains("panicked"));
+}
+
+/// `--max-connections` must leave room above `--max-pending`: a cap that handshakes
+/// alone could fill is refused with one line naming both.
+#[test]
+fn max_connections_not_above_max_pending_is_refused() {
+    let line = assert_one_line_error(
+        &[
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--no-peers-file",
+            "--max-connections",
+            "32",
+        ],
+        2,
+    );
+    assert!(
+        line.contains("max connections (32) must exceed max pending handshakes (32)"),
+        "{line}"
+    );
 }
 
 /// A missing positional argument should be named in the error line, as every other

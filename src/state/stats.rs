@@ -86,6 +86,13 @@ counters! {
     events_dropped,
     /// Accepted sockets closed at once because `max_pending_handshakes` were pending.
     refused_connections,
+    /// Accepted sockets closed at once, before any byte, because `max_connections`
+    /// sockets were open.
+    connections_refused_cap,
+    /// Connections to an already-linked node closed right after the handshake
+    /// instead of lingering as retired duplicates: 2 of that node's were retiring
+    /// already, or the connection cap was nearly full.
+    duplicates_closed,
     /// Handshakes refused for a link cap or an address held by a live peer.
     refused_links,
     /// Connections closed during the handshake (timeout, bad or missing JOIN, wrong
