@@ -21,13 +21,14 @@
 //!   on `u64` without wraparound: a jump to near `u64::MAX` simply clears the
 //!   bitmap.
 //!
-//! Bounded: at most `max_origins` entries (144 bytes of window each, plus the map);
-//! past it the origin whose window moved least recently is forgotten (LRU). What
-//! eviction means: an evicted origin's old broadcasts are protected by the seen cache
-//! alone again, so a peer that introduces `max_origins` fresh origins (rate-limited,
-//! PROTOCOL.md 3.5 "Limits") can then replay an origin's broadcasts once the seen
-//! cache has forgotten them too. Refusing new origins instead would let the same
-//! flood leave every later origin unprotected, so LRU is the lesser evil.
+//! Bounded: at most `max_origins` entries (160 bytes of window each, about 220 with
+//! the two maps); past it the origin whose window moved least recently is forgotten
+//! (LRU). What eviction means: an evicted origin's old broadcasts are protected by
+//! the seen cache alone again, so a peer that introduces `max_origins` fresh
+//! origins (rate-limited, PROTOCOL.md 3.5 "Limits") can then replay an origin's
+//! broadcasts once the seen cache has forgotten them too. Refusing new origins
+//! instead would let the same flood leave every later origin unprotected, so LRU is
+//! the lesser evil.
 //!
 //! Without signed broadcasts the window is only as good as the origin ids: a
 //! neighbour can already forge any id, and a forged far-future number moves that

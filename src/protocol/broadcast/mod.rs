@@ -6,11 +6,12 @@
 //!
 //! What it owns: the seen cache (exactly-once delivery) and, under the same lock,
 //! each origin's replay window ([`ReplayGuard`]: a replayed broadcast stays a
-//! duplicate after the seen cache forgot it), this node's sequence numbers, the tree state ([`LazyPush`]) and each link's part in the trees
-//! ([`LinkTree`], by connection id). A connection's entry is made when something
-//! first concerns it and removed when its reader ends ([`BroadcastTree::link_down`]);
-//! an entry a racing sender made again for a connection already gone is swept at
-//! the next tick ([`BroadcastTree::sweep`]).
+//! duplicate after the seen cache forgot it), this node's sequence numbers, the
+//! tree state ([`LazyPush`]) and each link's part in the trees ([`LinkTree`], by
+//! connection id). A connection's entry is made when something first concerns it
+//! and removed when its reader ends ([`BroadcastTree::link_down`]); an entry a
+//! racing sender made again for a connection already gone is swept at the next tick
+//! ([`BroadcastTree::sweep`]).
 //!
 //! Rate limit: a broadcast whose id is neither in the seen cache nor taken in its
 //! origin's window is *new*, and only a new one takes a token from its link's
@@ -18,9 +19,10 @@
 //! bucket is dropped before anything remembers it, so the same broadcast by another
 //! link is still new there (docs/PROTOCOL.md 3.5 "Limits").
 //!
-//! Locks: `seen`, `trees`, and the three inside `LazyPush`, each taken alone, except
-//! that `sweep` holds `trees` while it copies the live links (`trees` -> the link
-//! manager's `registry`; nothing takes them the other way). No lock is held while a
+//! Locks: `seen` (the seen cache and the replay windows), `trees`, and the three
+//! inside `LazyPush`, each taken alone, except that `sweep` holds `trees` while it
+//! copies the live links (`trees` -> the link manager's `registry`; nothing takes
+//! them the other way). No lock is held while a
 //! frame is queued.
 
 pub(crate) mod lazy_push;
