@@ -101,9 +101,9 @@ pub struct Config {
     /// 2,000,000 (see `data_rate`).
     pub data_burst: u64,
     /// How long a link may keep sending over one of its limits before it is closed
-    /// (`DownReason::RateLimited`): from the first dropped frame, as long as the
-    /// bucket never has a token to spare again. A burst that overflows for a moment
-    /// only loses its excess. Defaults to 5 s.
+    /// (`DownReason::RateLimited`): from the first dropped frame, for as long as
+    /// frames keep being dropped with less than a second between two drops. A burst
+    /// that overflows for a shorter time only loses its excess. Defaults to 5 s.
     pub rate_limit_grace: Duration,
     /// Known addresses kept for dialing. Defaults to 1,000.
     pub max_known_addrs: usize,

@@ -12,16 +12,20 @@
 //!   millionths, so slow rates refill smoothly. Over any span `T` starting full, at
 //!   most `burst + rate * T` frames are admitted (the lazy refill only adds what
 //!   `rate * T` allows).
-//! - **Persistent excess.** The limiter is *limited* from the first refused frame
-//!   until a frame is admitted with at least one whole token left. A frame refused
-//!   while it has been limited for `grace` or longer is [`Verdict::Abusive`]: the
-//!   peer kept sending faster than `rate` for the whole grace time, and the caller
-//!   closes the link. A burst that only overflows for a moment is dropped in part and
-//!   forgiven.
+//! - **Persistent excess.** An *episode* starts with a refused frame and lasts while
+//!   refusals keep coming, each within [`FORGIVE_MS`] (1 s) of the one before. A
+//!   frame refused when its episode has lasted `grace` or longer is
+//!   [`Verdict::Abusive`]: the peer kept sending faster than `rate` for the whole
+//!   grace time, and the caller closes the link. A burst that overflows for less than
+//!   the grace time only loses its excess. Admitted frames do not end an episode (at
+//!   a high rate the bucket refills between a flooder's chunks), a quiet second does.
 //! - **`rate == 0`** means unlimited: every frame passes, no clock is read.
 
 /// Millionths of a token per token.
 const SCALE: u64 = 1_000_000;
+
+/// A second without a refused frame ends an episode of excess (ms).
+pub(crate) const FORGIVE_MS: u64 = 1_000;
 
 /// What to do with one frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,8 +50,10 @@ pub(crate) struct RateLimiter {
     /// When `level` was last refilled (ms, the caller's clock).
     refilled_ms: u64,
     grace_ms: u64,
-    /// Since when frames have been refused without the bucket recovering.
+    /// When the current episode of refusals started.
     limited_since_ms: Option<u64>,
+    /// When the last frame was refused.
+    refused_ms: u64,
 }
 
 impl RateLimiter {
@@ -62,6 +68,7 @@ impl RateLimiter {
             refilled_ms: now_ms,
             grace_ms,
             limited_since_ms: None,
+            refused_ms: 0,
         }
     }
 
@@ -75,7 +82,12 @@ impl RateLimiter {
             let now = now_ms();
             self.refill(now);
             if self.level < SCALE {
-                let since = *self.limited_since_ms.get_or_insert(now);
+                let since = match self.limited_since_ms {
+                    Some(t) if now.saturating_sub(self.refused_ms) < FORGIVE_MS => t,
+                    _ => now,
+                };
+                self.limited_since_ms = Some(since);
+                self.refused_ms = now;
                 return if now.saturating_sub(since) >= self.grace_ms {
                     Verdict::Abusive
                 } else {
@@ -84,9 +96,6 @@ impl RateLimiter {
             }
         }
         self.level -= SCALE;
-        if self.level >= SCALE {
-            self.limited_since_ms = None;
-        }
         Verdict::Pass
     }
 
@@ -175,6 +184,22 @@ mod tests {
         // Limited from about 110 ms (the burst is gone), abusive 2 s later.
         let at = first_abusive.expect("abusive");
         assert!((2_000..2_300).contains(&at), "abusive at {at} ms");
+    }
+
+    #[test]
+    fn bursty_excess_with_pauses_is_abusive_too() {
+        // 100 frames every 50 ms (2,000/s) against 100/s: the bucket refills 5 tokens
+        // in each pause, and the excess still ends the link after the grace time.
+        let mut l = RateLimiter::new(100, 100, 2_000, 0);
+        let mut first_abusive = None;
+        for ms in (0..5_000u64).step_by(50) {
+            let (passed, v) = offer(&mut l, 100, ms);
+            assert!(passed >= 1 || ms == 0 || first_abusive.is_some());
+            if first_abusive.is_none() && v.contains(&Verdict::Abusive) {
+                first_abusive = Some(ms);
+            }
+        }
+        assert_eq!(first_abusive, Some(2_050));
     }
 
     #[test]
