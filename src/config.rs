@@ -85,6 +85,43 @@ pub struct Config {
     pub seen_cache_size: usize,
     /// How long a broadcast id is remembered. Defaults to 5 minutes.
     pub seen_cache_ttl: Duration,
+    /// Origins whose replay window is kept (PROTOCOL.md 3.5 "Replay window"): per
+    /// origin, the last 1,024 sequence numbers taken and a floor, so a replayed
+    /// broadcast stays a duplicate after the seen cache forgot it. Past the cap the
+    /// least recently used origin is forgotten (its old broadcasts are then protected
+    /// by the seen cache alone). Defaults to 4,096: far more origins than an overlay
+    /// of this design has, about 200 bytes each (under 1 MiB when full).
+    pub replay_origins: usize,
+    /// New broadcasts one link may bring per second (sustained): BROADCAST frames
+    /// whose id this node has not seen, whether the peer is their origin or relays
+    /// them. Duplicates cost nothing: they are dropped anyway. Over the limit a
+    /// broadcast is dropped (not delivered, not forwarded, and not remembered as seen,
+    /// so its copy by another link still gets through) and counted
+    /// (`broadcasts_rate_limited`). 0: unlimited. Defaults to 1,000/s, with
+    /// `broadcast_burst`: the overlay benchmarks stay under it (the burst bench's
+    /// 2,000 back-to-back broadcasts fit the burst alone), while a peer can no longer
+    /// make the overlay relay 200,000 broadcasts in 1.4 s.
+    pub broadcast_rate: u64,
+    /// New broadcasts one link may bring at once, above the sustained rate (the
+    /// bucket's size; it starts full). Defaults to 10,000: five times the burst
+    /// bench's 2,000 from one origin, and each broadcast is new on only one of a
+    /// node's links.
+    pub broadcast_burst: u64,
+    /// DATA frames one link may bring per second (sustained); over the limit they are
+    /// dropped and counted (`data_rate_limited`). 0: unlimited. DATA is not relayed,
+    /// so it amplifies nothing, and a full event queue already slows its sender to the
+    /// application's pace; this only bounds the reader time a peer can take. Defaults
+    /// to 1,000,000/s with `data_burst`, above what the link bench sends (2,000,000
+    /// frames of 64 B at about 5 M/s: 0.4 s, inside the burst alone).
+    pub data_rate: u64,
+    /// DATA frames one link may bring at once, above the sustained rate. Defaults to
+    /// 2,000,000 (see `data_rate`).
+    pub data_burst: u64,
+    /// How long a link may keep sending over one of its limits before it is closed
+    /// (`DownReason::RateLimited`): from the first dropped frame, for as long as
+    /// frames keep being dropped with less than a second between two drops. A burst
+    /// that overflows for a shorter time only loses its excess. Defaults to 5 s.
+    pub rate_limit_grace: Duration,
     /// Known addresses kept for dialing. Defaults to 1,000.
     pub max_known_addrs: usize,
     /// How often every link is sent the current address list again, so that nodes
@@ -131,6 +168,12 @@ impl Default for Config {
             hop_limit: u8::MAX,
             seen_cache_size: 16_384,
             seen_cache_ttl: Duration::from_secs(300),
+            replay_origins: 4096,
+            broadcast_rate: 1_000,
+            broadcast_burst: 10_000,
+            data_rate: 1_000_000,
+            data_burst: 2_000_000,
+            rate_limit_grace: Duration::from_secs(5),
             max_known_addrs: 1000,
             peer_exchange_interval: Duration::from_secs(30),
             max_pending_events: 16_384,
@@ -143,6 +186,10 @@ impl Default for Config {
 
 /// Smallest frame limit that still fits a JOIN with the longest network name.
 const MIN_MAX_FRAME: u32 = 256;
+
+/// Largest burst a rate limit accepts (its bucket counts millionths of a token in a
+/// `u64`).
+const MAX_BURST: u64 = 1_000_000_000_000;
 
 /// Smallest stack that comfortably runs the logger and the decoder.
 const MIN_STACK: usize = 64 * 1024;
@@ -213,6 +260,28 @@ impl Config {
         if self.seen_cache_size == 0 || self.max_known_addrs == 0 {
             return bad("seen cache size and max known addresses must be above 0".into());
         }
+        if self.replay_origins == 0 {
+            return bad("replay origins must be above 0".into());
+        }
+        for (what, rate, burst) in [
+            ("broadcast", self.broadcast_rate, self.broadcast_burst),
+            ("data", self.data_rate, self.data_burst),
+        ] {
+            if rate > 0 && !(1..=MAX_BURST).contains(&burst) {
+                return bad(format!(
+                    "{what} burst {burst} must be 1 to {MAX_BURST} when the {what} rate \
+                     is limited (rate {rate}; 0 is unlimited)"
+                ));
+            }
+            if rate > MAX_BURST {
+                return bad(format!(
+                    "{what} rate {rate} is above {MAX_BURST} (0 is unlimited)"
+                ));
+            }
+        }
+        if self.rate_limit_grace.is_zero() {
+            return bad("rate limit grace must be above 0".into());
+        }
         if self.thread_stack_size < MIN_STACK {
             return bad(format!(
                 "thread stack size {} is below the minimum {MIN_STACK}",
@@ -246,6 +315,18 @@ mod tests {
     }
 
     #[test]
+    fn rate_zero_is_unlimited_whatever_the_burst() {
+        let c = Config {
+            broadcast_rate: 0,
+            broadcast_burst: 0,
+            data_rate: 0,
+            data_burst: 0,
+            ..Config::default()
+        };
+        c.validate().expect("0 means unlimited");
+    }
+
+    #[test]
     fn silly_values_are_refused() {
         type Change = Box<dyn Fn(&mut Config)>;
         let cases: Vec<(&str, Change)> = vec![
@@ -269,6 +350,11 @@ mod tests {
                 Box::new(|c| c.target_links = c.max_links + 1),
             ),
             ("stack", Box::new(|c| c.thread_stack_size = 1024)),
+            ("replay origins", Box::new(|c| c.replay_origins = 0)),
+            ("broadcast burst", Box::new(|c| c.broadcast_burst = 0)),
+            ("data burst", Box::new(|c| c.data_burst = MAX_BURST + 1)),
+            ("data rate", Box::new(|c| c.data_rate = u64::MAX)),
+            ("grace", Box::new(|c| c.rate_limit_grace = Duration::ZERO)),
             (
                 "advertise",
                 Box::new(|c| c.advertise = Some("0.0.0.0:9000".parse().expect("addr"))),

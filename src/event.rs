@@ -110,6 +110,9 @@ pub enum DownReason {
     BadFrame(String),
     /// The peer sent a second JOIN on a live link.
     SecondJoin,
+    /// The peer kept sending broadcasts or direct messages over its rate limit for
+    /// longer than `Config::rate_limit_grace`.
+    RateLimited,
     /// The OS refused the link's writer thread.
     NoWriterThread,
     /// The socket failed while this node was stopping; the OS error text.
@@ -144,6 +147,7 @@ impl fmt::Display for DownReason {
             DownReason::ReadFailed(e) => write!(f, "read failed: {e}"),
             DownReason::BadFrame(e) => f.write_str(e),
             DownReason::SecondJoin => f.write_str("second JOIN on a live link"),
+            DownReason::RateLimited => f.write_str("too many messages (rate limit)"),
             DownReason::NoWriterThread => f.write_str("no writer thread"),
             DownReason::Stopping(e) => write!(f, "node stopping ({e})"),
         }
@@ -176,6 +180,7 @@ mod tests {
                 "frame length 0",
             ),
             (DownReason::SecondJoin, "second JOIN on a live link"),
+            (DownReason::RateLimited, "too many messages (rate limit)"),
             (DownReason::NoWriterThread, "no writer thread"),
             (
                 DownReason::Stopping("reset".into()),
@@ -187,5 +192,6 @@ mod tests {
         }
         assert!(DownReason::Left.is_clean());
         assert!(!DownReason::QueueFull.is_clean());
+        assert!(!DownReason::RateLimited.is_clean());
     }
 }

@@ -83,6 +83,8 @@ pub struct NodeInfo {
     pub seen_ids: usize,
     /// Broadcast frames kept to answer GRAFTs (bounded: 4,096 frames, 16 MiB, 30 s).
     pub stored_broadcasts: usize,
+    /// Origins with a replay window (bounded by `replay_origins`).
+    pub replay_origins: usize,
     /// Every counter (see [`Counters::list`] for names and help texts).
     pub counters: Counters,
 }
@@ -316,6 +318,7 @@ impl Node {
             pending_handshakes: counts.pending_handshakes,
             seen_ids: s.protocols.broadcast.seen_len(),
             stored_broadcasts: s.protocols.broadcast.stored(),
+            replay_origins: s.protocols.broadcast.replay_origins(),
             counters: s.links.stats().snapshot(),
         }
     }

@@ -36,7 +36,7 @@ use crate::p2p_message::{
     read_frame, read_frame_buffered, DecodeError, Join, P2PMessage, MAX_JOIN_FRAME,
 };
 use crate::protocol::membership::JoinCheck;
-use crate::protocol::Flow;
+use crate::protocol::{Flow, InboundLimits};
 use crate::shared::Shared;
 use crate::transport::outbox::Outbox;
 use crate::transport::thread::spawn_named;
@@ -341,6 +341,8 @@ impl PeerConnection {
             .writer()
             .set_write_timeout(Some(config.peer_timeout * 2));
         let mut reader = half.buffered(READ_BUF);
+        // This connection's rate limits: only this thread touches them.
+        let mut limits = InboundLimits::new(config, links.clock().now_ms());
         let mut frames: u32 = 0;
         loop {
             // The clock is read when a frame needs the socket, or every 64 frames
@@ -372,7 +374,7 @@ impl PeerConnection {
                 Err(e) => return DownReason::BadFrame(e.to_string()),
             };
             log::trace!("{}: received {:?}", link.addr(), msg.message_type());
-            match shared.protocols.dispatch(links, link, msg) {
+            match shared.protocols.dispatch(links, link, &mut limits, msg) {
                 Flow::Continue => {}
                 // The application kept this reader waiting; the peer was not silent.
                 Flow::Waited => link.heard_from(links.clock().now_ms()),

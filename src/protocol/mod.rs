@@ -13,6 +13,12 @@
 //! on, never the node. They start no threads and make no dials: membership says whom
 //! to dial, the maintenance thread dials. A new message type touches
 //! `p2p_message.rs`, one protocol file, and one arm below.
+//!
+//! Rate limits (docs/PROTOCOL.md 3.5 "Limits"): each connection's reader keeps an
+//! [`InboundLimits`] of its own (plain data, no lock: nobody else touches it) and
+//! passes it to [`Protocols::dispatch`]. DATA takes a token here, a new broadcast in
+//! [`broadcast`]; a link that stays over a limit for `Config::rate_limit_grace` is
+//! closed with [`DownReason::RateLimited`].
 
 pub(crate) mod broadcast;
 pub(crate) mod heartbeat;
@@ -26,6 +32,8 @@ use crate::config::Config;
 use crate::event::{DownReason, Event};
 use crate::links::{Link, Links};
 use crate::p2p_message::{NodeId, P2PMessage};
+use crate::state::rate_limit::{RateLimiter, Verdict};
+use crate::state::stats;
 use broadcast::BroadcastTree;
 use membership::Membership;
 
@@ -46,6 +54,28 @@ pub(crate) enum Flow {
     Close(DownReason),
 }
 
+/// What one connection may bring: its token buckets for new broadcasts and for DATA.
+/// Owned by the connection's reader, made when it starts reading.
+pub(crate) struct InboundLimits {
+    broadcasts: RateLimiter,
+    data: RateLimiter,
+}
+
+impl InboundLimits {
+    pub(crate) fn new(config: &Config, now_ms: u64) -> InboundLimits {
+        let grace = u64::try_from(config.rate_limit_grace.as_millis()).unwrap_or(u64::MAX);
+        InboundLimits {
+            broadcasts: RateLimiter::new(
+                config.broadcast_rate,
+                config.broadcast_burst,
+                grace,
+                now_ms,
+            ),
+            data: RateLimiter::new(config.data_rate, config.data_burst, grace, now_ms),
+        }
+    }
+}
+
 impl Protocols {
     pub(crate) fn new(config: &Arc<Config>, id: NodeId, local_addr: SocketAddr) -> Protocols {
         Protocols {
@@ -54,16 +84,38 @@ impl Protocols {
         }
     }
 
-    /// Hands one decoded frame that arrived on `link` to its protocol.
-    pub(crate) fn dispatch(&self, links: &Links, link: &Link, msg: P2PMessage) -> Flow {
+    /// Hands one decoded frame that arrived on `link` to its protocol; `limits` are
+    /// that connection's.
+    pub(crate) fn dispatch(
+        &self,
+        links: &Links,
+        link: &Link,
+        limits: &mut InboundLimits,
+        msg: P2PMessage,
+    ) -> Flow {
         let waited = match msg {
             P2PMessage::Join(_) => return Flow::Close(DownReason::SecondJoin),
-            P2PMessage::Data { text } => links.deliver(Event::Message {
-                from_id: link.node_id(),
-                from: link.addr(),
-                text,
-            }),
-            P2PMessage::Broadcast(b) => self.broadcast.on_broadcast(links, b, link),
+            P2PMessage::Data { text } => {
+                let verdict = limits.data.admit(|| links.clock().now_ms());
+                if verdict != Verdict::Pass {
+                    stats::add(&links.stats().data_rate_limited, 1);
+                    return over_limit(links, verdict);
+                }
+                links.deliver(Event::Message {
+                    from_id: link.node_id(),
+                    from: link.addr(),
+                    text,
+                })
+            }
+            P2PMessage::Broadcast(b) => {
+                match self
+                    .broadcast
+                    .on_broadcast(links, b, link, &mut limits.broadcasts)
+                {
+                    Ok(waited) => waited,
+                    Err(verdict) => return over_limit(links, verdict),
+                }
+            }
             P2PMessage::Ping { nonce } => match heartbeat::on_ping(links, link, nonce) {
                 Ok(()) => false,
                 Err(reason) => return Flow::Close(reason),
@@ -139,5 +191,17 @@ impl Protocols {
     /// Announcements and GRAFTs that are due; returns when the next are.
     pub(crate) fn due(&self, links: &Links, now: Instant) -> Option<Instant> {
         self.broadcast.due(links, now)
+    }
+}
+
+/// What the reader does with a frame its limit refused (already counted): read on,
+/// or close a link that stayed over the limit for the grace time.
+fn over_limit(links: &Links, verdict: Verdict) -> Flow {
+    match verdict {
+        Verdict::Abusive => {
+            stats::add(&links.stats().links_rate_limited, 1);
+            Flow::Close(DownReason::RateLimited)
+        }
+        Verdict::Pass | Verdict::Drop => Flow::Continue,
     }
 }

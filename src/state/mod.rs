@@ -6,5 +6,7 @@ pub mod known_addrs;
 pub(crate) mod observed;
 pub mod peer_cache;
 pub(crate) mod peer_table;
+pub(crate) mod rate_limit;
+pub(crate) mod replay;
 pub(crate) mod seen_cache;
 pub(crate) mod stats;

@@ -103,6 +103,18 @@ counters! {
     /// Frames ignored as the protocol says: unknown types, broadcasts whose hop count
     /// is out of range.
     frames_ignored,
+    /// New broadcasts dropped because the link that brought them was over its
+    /// broadcast rate limit (`broadcast_rate`, `broadcast_burst`); not remembered as
+    /// seen, so another link's copy still gets through.
+    broadcasts_rate_limited,
+    /// Direct messages (DATA) dropped because their link was over its rate limit
+    /// (`data_rate`, `data_burst`).
+    data_rate_limited,
+    /// Links closed because they stayed over a rate limit for `rate_limit_grace`.
+    links_rate_limited,
+    /// Broadcast copies the seen cache no longer knew but the origin's replay window
+    /// did (already taken, or too old); also counted in `duplicates_dropped`.
+    replays_dropped,
     /// JOINs whose observed address was recorded as a vote on this node's own IP.
     observations,
 }

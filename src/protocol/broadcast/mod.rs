@@ -4,16 +4,25 @@
 //! a connected overlay exactly once, along a self-repairing tree per origin
 //! ([`lazy_push`] explains the tree and holds its state).
 //!
-//! What it owns: the seen cache (exactly-once delivery), this node's sequence
-//! numbers, the tree state ([`LazyPush`]) and each link's part in the trees
-//! ([`LinkTree`], by connection id). A connection's entry is made when something
-//! first concerns it and removed when its reader ends ([`BroadcastTree::link_down`]);
-//! an entry a racing sender made again for a connection already gone is swept at
-//! the next tick ([`BroadcastTree::sweep`]).
+//! What it owns: the seen cache (exactly-once delivery) and, under the same lock,
+//! each origin's replay window ([`ReplayGuard`]: a replayed broadcast stays a
+//! duplicate after the seen cache forgot it), this node's sequence numbers, the
+//! tree state ([`LazyPush`]) and each link's part in the trees ([`LinkTree`], by
+//! connection id). A connection's entry is made when something first concerns it
+//! and removed when its reader ends ([`BroadcastTree::link_down`]); an entry a
+//! racing sender made again for a connection already gone is swept at the next tick
+//! ([`BroadcastTree::sweep`]).
 //!
-//! Locks: `seen`, `trees`, and the three inside `LazyPush`, each taken alone, except
-//! that `sweep` holds `trees` while it copies the live links (`trees` -> the link
-//! manager's `registry`; nothing takes them the other way). No lock is held while a
+//! Rate limit: a broadcast whose id is neither in the seen cache nor taken in its
+//! origin's window is *new*, and only a new one takes a token from its link's
+//! bucket (a duplicate is dropped anyway, at no further cost). One refused by the
+//! bucket is dropped before anything remembers it, so the same broadcast by another
+//! link is still new there (docs/PROTOCOL.md 3.5 "Limits").
+//!
+//! Locks: `seen` (the seen cache and the replay windows), `trees`, and the three
+//! inside `LazyPush`, each taken alone, except that `sweep` holds `trees` while it
+//! copies the live links (`trees` -> the link manager's `registry`; nothing takes
+//! them the other way). No lock is held while a
 //! frame is queued.
 
 pub(crate) mod lazy_push;
@@ -33,17 +42,53 @@ use crate::links::{Link, Links, Queued, RELAY_WAIT};
 use crate::p2p_message::{
     Announcement, Broadcast, BroadcastId, NodeId, P2PMessage, LEN_PREFIX, MAX_IDS_PER_MESSAGE,
 };
+use crate::state::rate_limit::{RateLimiter, Verdict};
+use crate::state::replay::{Replay, ReplayGuard};
 use crate::state::seen_cache::SeenCache;
 use crate::state::stats;
 use crate::transport::outbox::{Frame, Push};
 use lazy_push::{LazyPush, LinkTree, Reparent};
+
+/// What the node already knows about a broadcast id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Known {
+    /// Neither the seen cache nor the replay window has it.
+    New,
+    /// In the seen cache.
+    Seen,
+    /// Forgotten by the seen cache, refused by its origin's replay window.
+    Replay,
+}
+
+/// The seen cache and the replay windows, kept under one lock.
+struct Seen {
+    cache: SeenCache,
+    replay: ReplayGuard,
+}
+
+impl Seen {
+    fn knows(&self, id: &BroadcastId) -> Known {
+        if self.cache.contains(id) {
+            Known::Seen
+        } else if self.replay.check(id.0, id.1) != Replay::Fresh {
+            Known::Replay
+        } else {
+            Known::New
+        }
+    }
+
+    /// Records a broadcast from another node; `false` if it was known already.
+    fn insert(&mut self, id: BroadcastId, now: Instant, now_ms: u64) -> bool {
+        self.cache.insert(id, now) && self.replay.take(id.0, id.1, now_ms)
+    }
+}
 
 /// The broadcast protocol's state; see the module docs.
 pub(crate) struct BroadcastTree {
     id: NodeId,
     hop_limit: u8,
     max_frame: u32,
-    seen: Mutex<SeenCache>,
+    seen: Mutex<Seen>,
     /// This node's next broadcast sequence number (the first is 1).
     next_seq: AtomicU64,
     lazy: LazyPush,
@@ -57,10 +102,10 @@ impl BroadcastTree {
             id,
             hop_limit: config.hop_limit,
             max_frame: config.max_frame,
-            seen: Mutex::new(SeenCache::new(
-                config.seen_cache_size,
-                config.seen_cache_ttl,
-            )),
+            seen: Mutex::new(Seen {
+                cache: SeenCache::new(config.seen_cache_size, config.seen_cache_ttl),
+                replay: ReplayGuard::new(config.replay_origins),
+            }),
             next_seq: AtomicU64::new(1),
             lazy: LazyPush::default(),
             trees: Mutex::new(HashMap::new()),
@@ -69,7 +114,12 @@ impl BroadcastTree {
 
     /// Broadcast ids in the seen cache.
     pub(crate) fn seen_len(&self) -> usize {
-        self.seen.lock().len()
+        self.seen.lock().cache.len()
+    }
+
+    /// Origins with a replay window.
+    pub(crate) fn replay_origins(&self) -> usize {
+        self.seen.lock().replay.len()
     }
 
     /// Broadcast frames kept to answer GRAFTs.
@@ -104,7 +154,8 @@ impl BroadcastTree {
             });
         }
         let frame: Arc<[u8]> = msg.encode().into();
-        self.seen.lock().insert(id, Instant::now());
+        // Our own: arriving copies are dropped by origin, no replay window needed.
+        self.seen.lock().cache.insert(id, Instant::now());
         self.lazy.have(id, Some(&frame), 0, None);
         let wait = links.config().peer_timeout;
         let (eager, lazy) = self.spread(links, id, 0, &frame, None, wait);
@@ -114,27 +165,60 @@ impl BroadcastTree {
     /// Delivers a broadcast that arrived on `from` once, and passes it on (eager links
     /// get it, lazy ones an announcement) while its hop count is below the limit. A
     /// copy we already had makes `from` lazy for its origin (PRUNE), unless it came by
-    /// a shorter path than our parent's copy.
+    /// a shorter path than our parent's copy. A new broadcast takes a token from
+    /// `limit`, `from`'s bucket; without one it is dropped, unremembered.
     ///
-    /// Returns whether delivering had to wait for the application.
-    pub(crate) fn on_broadcast(&self, links: &Links, b: Broadcast, from: &Link) -> bool {
+    /// Returns whether delivering had to wait for the application, or the verdict of
+    /// a refusing `limit` (already counted).
+    pub(crate) fn on_broadcast(
+        &self,
+        links: &Links,
+        b: Broadcast,
+        from: &Link,
+        limit: &mut RateLimiter,
+    ) -> Result<bool, Verdict> {
         let st = links.stats();
         if b.hops == 0 || b.hops > self.hop_limit {
             links.count_ignored_frame(&format!(
                 "dropping broadcast {}:{} with hop count {} (limit {})",
                 b.origin, b.seq, b.hops, self.hop_limit
             ));
-            return false;
+            return Ok(false);
         }
         let id = (b.origin, b.seq);
-        if b.origin == self.id || !self.seen.lock().insert(id, Instant::now()) {
+        let known = if b.origin == self.id {
+            Known::Seen
+        } else {
+            self.seen.lock().knows(&id)
+        };
+        if known == Known::New {
+            let verdict = limit.admit(|| links.clock().now_ms());
+            if verdict != Verdict::Pass {
+                let before = stats::add(&st.broadcasts_rate_limited, 1);
+                if before == 0 {
+                    log::warn!(
+                        "{}: over its broadcast rate limit, dropping new broadcasts",
+                        from.addr()
+                    );
+                }
+                return Err(verdict);
+            }
+        }
+        let now = Instant::now();
+        let now_ms = now
+            .saturating_duration_since(links.clock().epoch())
+            .as_millis() as u64;
+        if known != Known::New || !self.seen.lock().insert(id, now, now_ms) {
+            if known == Known::Replay {
+                stats::add(&st.replays_dropped, 1);
+            }
             stats::add(&st.duplicates_dropped, 1);
             match self.lazy.shorter_copy(&id, from.node_id(), b.hops) {
                 // A copy nearer the origin than our parent's: `from` is the parent now.
                 Some(r) => self.reparent(links, r),
                 None => self.prune(links, from, b.origin),
             }
-            return false;
+            return Ok(false);
         }
         if b.hops >= self.hop_limit {
             self.lazy.have(id, None, b.hops, Some(from.node_id()));
@@ -153,12 +237,12 @@ impl BroadcastTree {
             stats::add(&st.frames_forwarded, eager as u64);
         }
         stats::add(&st.broadcasts_delivered, 1);
-        links.deliver(Event::Broadcast {
+        Ok(links.deliver(Event::Broadcast {
             origin_id: b.origin,
             origin: b.origin_addr,
             hops: b.hops,
             text: b.text,
-        })
+        }))
     }
 
     /// Sends a broadcast frame on every eager link and announces it on every lazy one,
@@ -244,7 +328,10 @@ impl BroadcastTree {
     pub(crate) fn on_ihave(&self, links: &Links, ids: &[Announcement], from: &Link) {
         let have: Vec<bool> = {
             let seen = self.seen.lock();
-            ids.iter().map(|a| seen.contains(&a.id)).collect()
+            // A replay counts as had: announcing one fetches nothing.
+            ids.iter()
+                .map(|a| seen.knows(&a.id) != Known::New)
+                .collect()
         };
         let (mut nearer, scheduled) = self.lazy.announced(from.node_id(), ids, &have);
         if scheduled {
