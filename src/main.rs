@@ -133,7 +133,13 @@ impl Args {
                 .clone()
                 .or_else(|| peer_cache::default_path(self.port))
         };
+        // The byte budgets must hold one maximum frame (Config::validate): a larger
+        // --max-frame raises them to it rather than making the flag an error.
+        let defaults = Config::default();
+        let frame = self.max_frame as usize;
         let config = Config {
+            queue_bytes: defaults.queue_bytes.max(frame),
+            max_pending_event_bytes: defaults.max_pending_event_bytes.max(frame),
             bind: self.bind,
             port: self.port,
             advertise,
@@ -149,7 +155,7 @@ impl Args {
             max_frame: self.max_frame,
             peers_file,
             peers_file_interval: Duration::from_millis(self.peers_file_interval_ms),
-            ..Config::default()
+            ..defaults
         };
         config.validate().map_err(|e| e.to_string())?;
         Ok(config)
