@@ -347,3 +347,21 @@ fn run_line(node: &Node, line: &str) -> bool {
     }
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_max_frame_above_the_byte_budgets_raises_them_to_it() {
+        let args = Args::try_parse_from(["p2p-node", "0", "--max-frame", "8388608"])
+            .expect("arguments parse");
+        let config = args.to_config().expect("a valid config");
+        assert_eq!(config.max_frame, 8 << 20);
+        assert_eq!(config.queue_bytes, 8 << 20);
+        assert_eq!(config.max_pending_event_bytes, 16 << 20);
+        let args = Args::try_parse_from(["p2p-node", "0"]).expect("arguments parse");
+        let config = args.to_config().expect("a valid config");
+        assert_eq!(config.queue_bytes, Config::default().queue_bytes);
+    }
+}
