@@ -73,8 +73,18 @@ pub struct Config {
     /// Largest frame accepted or sent (length prefix value). Defaults to 1 MiB.
     pub max_frame: u32,
     /// Frames a link may have queued for its writer; a peer whose queue is full is too
-    /// slow and is dropped. Defaults to 1024.
+    /// slow and is dropped. Defaults to 1024. `queue_bytes` bounds the same queue by
+    /// bytes.
     pub queue_len: usize,
+    /// Bytes of data frames a link may have queued for its writer (the unsent rest of
+    /// a partial send included), a bound next to `queue_len`: reaching either one is
+    /// "full", with the same waiting and dropping rules. Defaults to 4 MiB: room for a
+    /// burst of a few hundred frames of 1-16 KiB, or dozens of 64 KiB ones, and far
+    /// below what 1,024 frames of up to `max_frame` let one peer that stops reading
+    /// pin (1 GiB at 1 MiB frames). An empty queue always takes one frame, so a frame
+    /// larger than the free room waits for the queue to drain instead of never
+    /// fitting. At least `max_frame`.
+    pub queue_bytes: usize,
     /// A broadcast that has travelled this many links is delivered but not forwarded.
     /// Defaults to 255, the most the field holds: the seen cache already stops loops,
     /// and the path a copy first arrives by can be far longer than the overlay is
@@ -134,6 +144,13 @@ pub struct Config {
     /// messages, a short one is enough, and it keeps the events in cache (64-byte
     /// link throughput 0.196-0.199 of raw TCP against 0.14-0.18 at 100,000, measured).
     pub max_pending_events: usize,
+    /// Bytes of message text (`Event::Message`, `Event::Broadcast`) kept for the
+    /// application, a bound next to `max_pending_events` with the same rules: past it
+    /// a reader waits for room (so TCP slows the sender), then drops the message and
+    /// counts it. Defaults to 16 MiB: thousands of ordinary messages, or 16 of 1 MiB,
+    /// where 16,384 events of 1 MiB could have held 16 GiB for an application that
+    /// stalled. An empty queue always takes one message. At least `max_frame`.
+    pub max_pending_event_bytes: usize,
     /// File the known addresses are saved to and restored from, so a restarted node
     /// rejoins by itself (format: `peer_cache`). Defaults to `None` (no file): the
     /// library writes nothing unless asked; the `p2p-node` binary picks a path per port.
@@ -165,6 +182,7 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(3),
             max_frame: DEFAULT_MAX_FRAME,
             queue_len: 1024,
+            queue_bytes: 4 << 20,
             hop_limit: u8::MAX,
             seen_cache_size: 16_384,
             seen_cache_ttl: Duration::from_secs(300),
@@ -177,6 +195,7 @@ impl Default for Config {
             max_known_addrs: 1000,
             peer_exchange_interval: Duration::from_secs(30),
             max_pending_events: 16_384,
+            max_pending_event_bytes: 16 << 20,
             peers_file: None,
             peers_file_interval: Duration::from_secs(30),
             thread_stack_size: 256 * 1024,
@@ -246,6 +265,22 @@ impl Config {
             return bad(format!(
                 "max connections ({}) must exceed max pending handshakes ({})",
                 self.max_connections, self.max_pending_handshakes
+            ));
+        }
+        if self.queue_bytes < self.max_frame as usize {
+            return bad(format!(
+                "queue bytes ({}) must be at least max frame ({}), so one frame always fits",
+                self.queue_bytes, self.max_frame
+            ));
+        }
+        if self.max_pending_events == 0 {
+            return bad("max pending events must be above 0".into());
+        }
+        if self.max_pending_event_bytes < self.max_frame as usize {
+            return bad(format!(
+                "max pending event bytes ({}) must be at least max frame ({}), so one \
+                 message always fits",
+                self.max_pending_event_bytes, self.max_frame
             ));
         }
         if self.target_links > self.max_links {
@@ -344,6 +379,15 @@ mod tests {
             (
                 "max connections",
                 Box::new(|c| c.max_connections = c.max_pending_handshakes),
+            ),
+            (
+                "queue bytes",
+                Box::new(|c| c.queue_bytes = c.max_frame as usize - 1),
+            ),
+            ("pending events", Box::new(|c| c.max_pending_events = 0)),
+            (
+                "pending event bytes",
+                Box::new(|c| c.max_pending_event_bytes = c.max_frame as usize - 1),
             ),
             (
                 "target links",

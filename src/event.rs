@@ -101,6 +101,9 @@ pub enum DownReason {
     RemovedLocally,
     /// The peer stopped reading: its outbound queue stayed full.
     QueueFull,
+    /// The peer stopped reading: one send to it made no progress for the write
+    /// timeout (twice the peer timeout), though its queue was not full.
+    NotReading,
     /// Another node completed a handshake with the same listen address after this one
     /// had gone silent (the node there restarted with a new id).
     Replaced,
@@ -143,6 +146,7 @@ impl fmt::Display for DownReason {
             DownReason::NodeStopped => f.write_str("node stopped"),
             DownReason::RemovedLocally => f.write_str("removed locally"),
             DownReason::QueueFull => f.write_str("outbound queue full"),
+            DownReason::NotReading => f.write_str("peer stopped reading (send timed out)"),
             DownReason::Replaced => f.write_str("replaced by a new node on the same address"),
             DownReason::ReadFailed(e) => write!(f, "read failed: {e}"),
             DownReason::BadFrame(e) => f.write_str(e),
@@ -167,6 +171,10 @@ mod tests {
             (DownReason::NodeStopped, "node stopped"),
             (DownReason::RemovedLocally, "removed locally"),
             (DownReason::QueueFull, "outbound queue full"),
+            (
+                DownReason::NotReading,
+                "peer stopped reading (send timed out)",
+            ),
             (
                 DownReason::Replaced,
                 "replaced by a new node on the same address",
@@ -193,5 +201,6 @@ mod tests {
         assert!(DownReason::Left.is_clean());
         assert!(!DownReason::QueueFull.is_clean());
         assert!(!DownReason::RateLimited.is_clean());
+        assert!(!DownReason::NotReading.is_clean());
     }
 }

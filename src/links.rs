@@ -17,13 +17,19 @@
 //! connection cap (those stay free for handshakes); a connection past those bounds
 //! is closed at once ([`Register::Surplus`]).
 //!
-//! Locks: one, `registry` (the peer table, open connections, connection threads,
-//! dials in progress, retiring duplicates). Every method takes it, copies or updates,
-//! and lets it go before any socket call, blocking queue push or thread join. Each
-//! link's `Outbox` has a lock of its own; nothing holds `registry` and an outbox lock
-//! together.
+//! Locks: `registry` (the peer table, open connections, connection threads, dials in
+//! progress, retiring duplicates). Every method takes it, copies or updates, and lets
+//! it go before any socket call, blocking queue push or thread join. Each link's
+//! `Outbox` has a lock of its own; nothing holds `registry` and an outbox lock
+//! together. `pending` (the sizes of the events queued for the application, see
+//! [`Links::deliver`]) is a leaf: held for a few arithmetic steps, never with another
+//! lock, never across the channel send or a wait.
+//!
+//! Budgets: each link's data queue is bounded by frames and by bytes (`queue_len`,
+//! `queue_bytes`, in its `Outbox`), the event queue by events and by text bytes
+//! (`max_pending_events`, `max_pending_event_bytes`, here).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -40,7 +46,7 @@ use crate::event::{Direction, DownReason, Event, PeerInfo};
 use crate::p2p_message::{NodeId, P2PMessage};
 use crate::state::peer_table::{Insert, Limits, Peer, PeerTable};
 use crate::state::stats::{self, Stats};
-use crate::transport::outbox::{Frame, Outbox, Push};
+use crate::transport::outbox::{Frame, Limit, Outbox, Push};
 use crate::transport::Closer;
 
 /// How long a relay waits for room in a neighbour's full queue before dropping it.
@@ -307,6 +313,34 @@ struct Registry {
     retiring: Vec<Retiring>,
 }
 
+/// The sizes of the events in the application's queue, oldest first, so the node
+/// knows how many text bytes it holds although it never sees the application
+/// receive.
+///
+/// The queue is FIFO, so the events received so far are always the oldest ones:
+/// trimming `sizes` from the front down to the number still queued (`events.len()`)
+/// leaves exactly the sizes of those still queued, and `bytes` is their sum. Events
+/// being sent (reserved under the lock, sent after it) are counted in `unsent`, so a
+/// trim never takes their places. Two readers that reserve and then send in the other
+/// order can swap their two sizes until both are received; the number of entries is
+/// always right, so that error never accumulates.
+#[derive(Default)]
+struct PendingEvents {
+    /// Text bytes of each queued event (0 for link events), oldest first.
+    sizes: VecDeque<u32>,
+    /// The sum of `sizes`.
+    bytes: usize,
+    /// Reserved, not yet handed to the channel.
+    unsent: usize,
+}
+
+/// Which bound of the event queue is reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EventsFull {
+    Count,
+    Bytes,
+}
+
 /// Counts for `info`.
 pub(crate) struct LinkCounts {
     pub links: usize,
@@ -334,6 +368,8 @@ pub(crate) struct Links {
     /// Signalled whenever a connection ends, for `stop`'s graceful wait.
     conn_ended: Condvar,
     events: Sender<Event>,
+    /// What the application's queue holds, by size (see [`PendingEvents`]).
+    pending_events: Mutex<PendingEvents>,
     /// Wakes the maintenance thread (`bounded(1)`: one pending wake is enough).
     wake: Sender<()>,
     next_conn: AtomicU64,
@@ -357,6 +393,7 @@ impl Links {
             registry: Mutex::new(Registry::default()),
             conn_ended: Condvar::new(),
             events,
+            pending_events: Mutex::new(PendingEvents::default()),
             wake,
             next_conn: AtomicU64::new(1),
             pending: Arc::new(AtomicUsize::new(0)),
@@ -399,22 +436,24 @@ impl Links {
     // --- events ---
 
     /// Hands an event to the application, or counts it as dropped when the application
-    /// has let `max_pending_events` pile up. Never blocks: for link state changes,
-    /// which the maintenance thread and `stop` report too.
+    /// has let `max_pending_events` (or `max_pending_event_bytes` of text) pile up.
+    /// Never blocks: for link state changes, which the maintenance thread and `stop`
+    /// report too.
     pub(crate) fn emit(&self, ev: Event) {
-        if self.events.len() >= self.config.max_pending_events {
-            self.drop_event();
-            return;
+        match self.reserve_event(text_bytes(&ev)) {
+            Ok(()) => self.send_reserved(ev),
+            Err(_) => self.drop_event(),
         }
-        let _ = self.events.send(ev);
     }
 
     /// Hands a message that arrived on a link to the application. When the application
-    /// is `max_pending_events` behind, the calling reader waits for room instead of
-    /// dropping it: it stops reading, so TCP slows the sender down to the pace of the
-    /// application. It waits at most [`EVENT_WAIT`] (half the peer timeout at most) per
-    /// message, then drops it and counts it: an application that stopped consuming
-    /// must not stop the node.
+    /// is `max_pending_events` behind, or the queued messages' text reached
+    /// `max_pending_event_bytes` (counted in `event_budget_waits`), the calling reader
+    /// waits for room instead of dropping it: it stops reading, so TCP slows the
+    /// sender down to the pace of the application. It waits at most [`EVENT_WAIT`]
+    /// (half the peer timeout at most) per message, then drops it and counts it: an
+    /// application that stopped consuming must not stop the node. An empty queue
+    /// takes a message of any size.
     ///
     /// The wait is the one bounded back-off poll left in the crate, on purpose: room
     /// appears when the application receives, and nothing can signal that without
@@ -425,23 +464,81 @@ impl Links {
     /// Returns whether it had to wait: the reader then counts its peer as heard from
     /// just now, since the silence was its own.
     pub(crate) fn deliver(&self, ev: Event) -> bool {
-        let full = || self.events.len() >= self.config.max_pending_events;
-        let waited = full();
-        if waited {
-            let wait = (self.config.peer_timeout / 2).min(EVENT_WAIT);
-            let deadline = Instant::now() + wait;
-            let mut pause = Duration::from_micros(50);
-            while full() {
-                if Instant::now() >= deadline || !self.is_running() {
-                    self.drop_event();
-                    return true;
-                }
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(5));
+        let size = text_bytes(&ev);
+        let mut full = match self.reserve_event(size) {
+            Ok(()) => {
+                self.send_reserved(ev);
+                return false;
+            }
+            Err(full) => full,
+        };
+        let wait = (self.config.peer_timeout / 2).min(EVENT_WAIT);
+        let deadline = Instant::now() + wait;
+        let mut pause = Duration::from_micros(50);
+        let mut counted = false;
+        loop {
+            if full == EventsFull::Bytes && !counted {
+                counted = true;
+                stats::add(&self.stats.event_budget_waits, 1);
+            }
+            if Instant::now() >= deadline || !self.is_running() {
+                self.drop_event();
+                return true;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(5));
+            match self.reserve_event(size) {
+                Ok(()) => break,
+                Err(f) => full = f,
             }
         }
+        self.send_reserved(ev);
+        true
+    }
+
+    /// Takes a place in the application's queue for an event with `size` bytes of
+    /// text, or says which bound is reached. The place must be filled with
+    /// [`Links::send_reserved`].
+    fn reserve_event(&self, size: usize) -> Result<(), EventsFull> {
+        let size = u32::try_from(size).unwrap_or(u32::MAX);
+        let mut p = self.pending_events.lock();
+        self.forget_received(&mut p);
+        if p.sizes.len() >= self.config.max_pending_events {
+            return Err(EventsFull::Count);
+        }
+        // Link events (no text) are bounded by the count alone; an empty queue takes
+        // a message of any size.
+        if size > 0 && p.bytes > 0 && p.bytes + size as usize > self.config.max_pending_event_bytes
+        {
+            return Err(EventsFull::Bytes);
+        }
+        p.sizes.push_back(size);
+        p.bytes += size as usize;
+        p.unsent += 1;
+        Ok(())
+    }
+
+    /// Events the application has received were the oldest (FIFO): forgets their
+    /// sizes. An event being sent stays in `unsent` until its send has returned, so
+    /// here it counts once or twice, never not at all: this never takes the place of
+    /// an event still queued. Amortised O(1): each size is popped once.
+    fn forget_received(&self, p: &mut PendingEvents) {
+        let live = self.events.len() + p.unsent;
+        while p.sizes.len() > live {
+            match p.sizes.pop_front() {
+                Some(s) => p.bytes -= s as usize,
+                None => break,
+            }
+        }
+    }
+
+    /// Sends an event whose place [`Links::reserve_event`] took. The lock is not held
+    /// across the send: the channel is unbounded and never waits, but the rule is
+    /// simpler than the exception.
+    fn send_reserved(&self, ev: Event) {
         let _ = self.events.send(ev);
-        waited
+        let mut p = self.pending_events.lock();
+        p.unsent = p.unsent.saturating_sub(1);
     }
 
     fn drop_event(&self) {
@@ -833,13 +930,44 @@ impl Links {
     }
 
     fn drop_slow_peer(&self, link: &Link) {
-        log::warn!(
-            "{}: outbound queue full ({} frames), dropping the peer",
-            link.addr,
-            self.config.queue_len
-        );
+        let (frames, bytes) = link.outbox.backlog();
+        match link.outbox.full_by() {
+            Some(Limit::Bytes) => {
+                stats::add(&self.stats.queue_budget_drops, 1);
+                log::warn!(
+                    "{}: outbound queue over its byte budget ({bytes} of {} bytes, {frames} \
+                     frames queued), dropping the peer",
+                    link.addr,
+                    link.outbox.byte_budget()
+                );
+            }
+            Some(Limit::Control) => {
+                log::warn!("{}: control queue full, dropping the peer", link.addr)
+            }
+            Some(Limit::Frames) | None => log::warn!(
+                "{}: outbound queue full ({frames} of {} frames, {bytes} bytes queued), \
+                 dropping the peer",
+                link.addr,
+                self.config.queue_len
+            ),
+        }
         stats::add(&self.stats.slow_peers_dropped, 1);
         self.close(link, DownReason::QueueFull);
+    }
+
+    /// The reason a link's reader ended with, corrected for what its writer saw. A
+    /// writer whose send made no progress for the write timeout shuts the stream
+    /// down, and the reader then sees the end of the stream (or a read error), which
+    /// would blame the peer for closing. The peer stopped reading: `NotReading`,
+    /// counted in `not_reading_drops`.
+    pub(crate) fn reader_ended(&self, link: &Link, reason: DownReason) -> DownReason {
+        let blames_the_socket =
+            matches!(reason, DownReason::ClosedByPeer | DownReason::ReadFailed(_));
+        if blames_the_socket && link.outbox.send_timed_out() {
+            stats::add(&self.stats.not_reading_drops, 1);
+            return DownReason::NotReading;
+        }
+        reason
     }
 
     // --- connections, threads, dials ---
@@ -945,6 +1073,14 @@ impl Links {
     }
 }
 
+/// Bytes of text an event holds: what the event byte budget counts.
+fn text_bytes(ev: &Event) -> usize {
+    match ev {
+        Event::Message { text, .. } | Event::Broadcast { text, .. } => text.len(),
+        _ => 0,
+    }
+}
+
 fn join_all(handles: Vec<JoinHandle<()>>) {
     for h in handles {
         if h.join().is_err() {
@@ -997,5 +1133,131 @@ mod tests {
         drop(second);
         assert!(links.may_linger());
         drop(first);
+    }
+
+    use crate::p2p_message::NodeId;
+
+    fn links(configure: impl FnOnce(&mut Config)) -> (Links, Receiver<Event>) {
+        let mut config = Config::default();
+        configure(&mut config);
+        let (links, events, _wake) = Links::new(Arc::new(config), Clock::start());
+        (links, events)
+    }
+
+    fn message(len: usize) -> Event {
+        Event::Message {
+            from_id: NodeId(1),
+            from: "127.0.0.1:9000".parse().expect("addr"),
+            text: "m".repeat(len),
+        }
+    }
+
+    fn peer_up() -> Event {
+        Event::PeerUp(PeerInfo {
+            node_id: NodeId(2),
+            addr: "127.0.0.1:9001".parse().expect("addr"),
+            direction: Direction::Inbound,
+            rtt: None,
+            connected_for: Duration::ZERO,
+        })
+    }
+
+    impl Links {
+        /// Text bytes the queue holds, after forgetting what was received.
+        fn queued_event_bytes(&self) -> (usize, usize) {
+            let mut p = self.pending_events.lock();
+            self.forget_received(&mut p);
+            assert_eq!(p.bytes, p.sizes.iter().map(|&s| s as usize).sum::<usize>());
+            (p.sizes.len(), p.bytes)
+        }
+
+        fn dropped(&self) -> u64 {
+            self.stats.events_dropped.load(Ordering::Relaxed)
+        }
+    }
+
+    #[test]
+    fn event_bytes_follow_what_the_application_receives() {
+        let (links, rx) = links(|c| c.max_pending_event_bytes = 1000);
+        links.emit(peer_up());
+        links.emit(message(400));
+        links.emit(message(400));
+        assert_eq!(links.queued_event_bytes(), (3, 800));
+        // 1,200 bytes would be over the budget: dropped and counted.
+        links.emit(message(400));
+        assert_eq!(links.dropped(), 1);
+        // A link event has no text: only the count bounds it.
+        links.emit(peer_up());
+        assert_eq!(links.queued_event_bytes(), (4, 800));
+        // The application receives the oldest two (PeerUp, 400 bytes): room for 400.
+        assert!(matches!(rx.try_recv(), Ok(Event::PeerUp(_))));
+        assert!(matches!(rx.try_recv(), Ok(Event::Message { .. })));
+        assert_eq!(links.queued_event_bytes(), (2, 400));
+        links.emit(message(600));
+        assert_eq!(links.queued_event_bytes(), (3, 1000));
+        assert_eq!(links.dropped(), 1);
+        // Everything received: nothing is held.
+        while rx.try_recv().is_ok() {}
+        assert_eq!(links.queued_event_bytes(), (0, 0));
+    }
+
+    #[test]
+    fn an_empty_event_queue_takes_a_message_larger_than_the_budget() {
+        let (links, rx) = links(|c| c.max_pending_event_bytes = 1000);
+        links.emit(message(5000));
+        assert_eq!(links.dropped(), 0);
+        links.emit(message(1));
+        assert_eq!(links.dropped(), 1, "the budget is used up");
+        assert!(rx.try_recv().is_ok());
+        links.emit(message(1));
+        assert_eq!(links.dropped(), 1);
+        assert_eq!(links.queued_event_bytes(), (1, 1));
+    }
+
+    #[test]
+    fn the_event_count_still_bounds_the_queue_and_its_sizes() {
+        let (links, _rx) = links(|c| c.max_pending_events = 3);
+        for _ in 0..10 {
+            links.emit(peer_up());
+        }
+        assert_eq!(links.dropped(), 7);
+        assert_eq!(links.queued_event_bytes(), (3, 0));
+    }
+
+    #[test]
+    fn deliver_over_the_byte_budget_waits_then_drops_and_counts() {
+        // Half of 100 ms: the bounded wait is 50 ms.
+        let (links, rx) = links(|c| {
+            c.max_pending_event_bytes = 1000;
+            c.peer_timeout = Duration::from_millis(100);
+        });
+        assert!(!links.deliver(message(900)), "room: no wait");
+        assert!(links.deliver(message(200)), "over the budget: it waited");
+        assert_eq!(links.dropped(), 1);
+        assert_eq!(links.stats.event_budget_waits.load(Ordering::Relaxed), 1);
+        assert_eq!(links.queued_event_bytes(), (1, 900));
+        // Once the application has received, a message is delivered without a wait.
+        assert!(rx.try_recv().is_ok());
+        assert!(!links.deliver(message(1000)));
+        assert_eq!(links.dropped(), 1);
+    }
+
+    #[test]
+    fn deliver_over_the_byte_budget_is_delivered_when_the_application_receives() {
+        let (links, rx) = links(|c| {
+            c.max_pending_event_bytes = 1000;
+            c.peer_timeout = Duration::from_secs(20); // the wait: 1 s at most
+        });
+        links.deliver(message(1000));
+        let consumer = std::thread::spawn(move || {
+            // Takes the first message (at once, or while deliver waits), then the
+            // second, which deliver could only queue after the first was taken.
+            let first = rx.recv_timeout(Duration::from_secs(10));
+            let second = rx.recv_timeout(Duration::from_secs(10));
+            (first.is_ok(), second.is_ok())
+        });
+        links.deliver(message(1000));
+        assert_eq!(consumer.join().expect("consumer"), (true, true));
+        assert_eq!(links.dropped(), 0);
     }
 }

@@ -146,7 +146,13 @@ impl Args {
                 .clone()
                 .or_else(|| peer_cache::default_path(self.port))
         };
+        // The byte budgets must hold one maximum frame (Config::validate): a larger
+        // --max-frame raises them to it rather than making the flag an error.
+        let defaults = Config::default();
+        let frame = self.max_frame as usize;
         let config = Config {
+            queue_bytes: defaults.queue_bytes.max(frame),
+            max_pending_event_bytes: defaults.max_pending_event_bytes.max(frame),
             bind: self.bind,
             port: self.port,
             advertise,
@@ -163,7 +169,7 @@ impl Args {
             max_frame: self.max_frame,
             peers_file,
             peers_file_interval: Duration::from_millis(self.peers_file_interval_ms),
-            ..Config::default()
+            ..defaults
         };
         config.validate().map_err(|e| e.to_string())?;
         Ok(config)
@@ -380,4 +386,22 @@ fn run_line(node: &Node, line: &str) -> bool {
         },
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_max_frame_above_the_byte_budgets_raises_them_to_it() {
+        let args = Args::try_parse_from(["p2p-node", "0", "--max-frame", "8388608"])
+            .expect("arguments parse");
+        let config = args.to_config().expect("a valid config");
+        assert_eq!(config.max_frame, 8 << 20);
+        assert_eq!(config.queue_bytes, 8 << 20);
+        assert_eq!(config.max_pending_event_bytes, 16 << 20);
+        let args = Args::try_parse_from(["p2p-node", "0"]).expect("arguments parse");
+        let config = args.to_config().expect("a valid config");
+        assert_eq!(config.queue_bytes, Config::default().queue_bytes);
+    }
 }

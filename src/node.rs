@@ -167,8 +167,9 @@ impl Node {
 
     /// The node's events. Every clone shares one queue, so usually one consumer takes
     /// them all. Events pile up until someone receives them, up to
-    /// `max_pending_events`; past that, readers wait for room, which slows the peers
-    /// down, and drop (and count) a message only after a bounded wait.
+    /// `max_pending_events` events and `max_pending_event_bytes` of message text; past
+    /// either, readers wait for room, which slows the peers down, and drop (and count)
+    /// a message only after a bounded wait.
     pub fn events(&self) -> Receiver<Event> {
         self.events.clone()
     }

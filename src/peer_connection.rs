@@ -210,6 +210,7 @@ impl PeerConnection {
         let outbox = Arc::new(Outbox::new(
             self.stream.writer(),
             links.config().queue_len,
+            links.config().queue_bytes,
             links.clock().epoch(),
         ));
         let id = LinkId {
@@ -276,7 +277,7 @@ impl PeerConnection {
         self.finish_dial(Ok(link.info()));
         protocols.link_up(links, &link);
 
-        let reason = self.read_loop(&link);
+        let reason = links.reader_ended(&link, self.read_loop(&link));
         if reason.is_clean() {
             log::info!("{addr}: link closed: {reason}");
         } else if links.is_running() {

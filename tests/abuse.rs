@@ -414,6 +414,11 @@ fn peer_that_never_reads_is_dropped_and_healthy_peers_get_every_broadcast() {
 /// a full queue was taken for a stuck peer, so this dropped healthy peers in most runs
 /// (fixed in da8c9c1: a control queue of its own; a full data queue means wait unless
 /// the writer is stuck in a write).
+///
+/// The healthy peers' applications consume their events: since the event byte budget
+/// (`max_pending_event_bytes`, 16 MiB), a node whose application takes nothing holds
+/// 256 of these broadcasts, then reads one per bounded wait (1 s), and its peer is
+/// then rightly too slow. (Before the budget they held all 6,000, 384 MiB each.)
 #[test]
 fn app_broadcast_burst_does_not_drop_healthy_peers() {
     let _watchdog = watchdog("app_broadcast_burst_does_not_drop_healthy_peers", WATCHDOG);
@@ -424,9 +429,27 @@ fn app_broadcast_burst_does_not_drop_healthy_peers() {
     for h in &healthy {
         link(h, &a);
     }
+    let stop = Arc::new(AtomicBool::new(false));
+    let drains: Vec<_> = healthy
+        .iter()
+        .map(|h| {
+            let events = h.events.clone();
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let _ = events.recv_timeout(Duration::from_millis(50));
+                }
+            })
+        })
+        .collect();
     let text = "x".repeat(64 * 1024);
     for _ in 0..6000 {
         a.broadcast_data(&text).expect("broadcast");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for d in drains {
+        d.join().expect("drain");
     }
     let info = a.info();
     assert_eq!(

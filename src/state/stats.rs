@@ -82,8 +82,19 @@ counters! {
     grafts_sent,
     /// Peers dropped because their outbound queue stayed full.
     slow_peers_dropped,
+    /// Of `slow_peers_dropped`, the peers whose data queue was full by its byte budget
+    /// (`queue_bytes`) rather than by its frame count.
+    queue_budget_drops,
+    /// Peers dropped because one send to them made no progress for the write timeout
+    /// (twice the peer timeout): they stopped reading.
+    not_reading_drops,
     /// Events dropped because the application did not consume them.
     events_dropped,
+    /// Messages whose delivery waited because the text of the events queued for the
+    /// application had reached `max_pending_event_bytes` (each one is delivered when
+    /// room appears, or dropped after the bounded wait and counted in
+    /// `events_dropped`).
+    event_budget_waits,
     /// Accepted sockets closed at once because `max_pending_handshakes` were pending.
     refused_connections,
     /// Accepted sockets closed at once, before any byte, because `max_connections`

@@ -23,6 +23,23 @@
 //! that the writer
 //! empties before each data chunk, so an application that keeps the data queue full
 //! never starves the heartbeat. No lock is held across a socket call.
+//!
+//! **Bounds.** The data queue is full at `capacity` frames (`Config::queue_len`) *or*
+//! at `byte_budget` bytes (`Config::queue_bytes`): the bytes of the queued frames
+//! plus the unsent rest of a partial send (the head). Frame count alone let one peer
+//! that stopped reading pin 1,024 frames of up to 1 MiB. Both limits mean the same:
+//! callers wait for room, then get [`Push::Full`]; [`Outbox::full_by`] says which
+//! limit it was, for the log and the counters. An empty queue always takes one frame,
+//! whatever its size, so a frame larger than the free room waits for the queue to
+//! drain instead of never fitting. Not counted: the batch the writer has taken and is
+//! sending (at most one chunk of [`CHUNK`] bytes or one larger frame, plus the
+//! control frames), which is no longer queued. The control queue has its own bounds
+//! ([`CONTROL_QUEUE`] frames, 1 MiB).
+//!
+//! **Why the writer stopped.** A send that fails ends the writer, which shuts the
+//! socket down; the link's reader then sees the end of the stream. The writer records
+//! the error kind first ([`Outbox::send_timed_out`]), so the reader can report the
+//! true reason (a peer that stopped reading) instead of "closed by peer".
 
 use std::collections::VecDeque;
 use std::io;
@@ -88,6 +105,17 @@ pub(crate) enum Push {
     Closed,
 }
 
+/// Which bound made a push [`Push::Full`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Limit {
+    /// The data queue held `capacity` frames.
+    Frames,
+    /// The data queue held too many bytes for the frame to fit its byte budget.
+    Bytes,
+    /// The control queue was full.
+    Control,
+}
+
 /// Queued bytes and how many frames they hold.
 struct Chunk {
     frame: Frame,
@@ -103,6 +131,12 @@ struct State {
     ctl_frames: usize,
     data: VecDeque<Chunk>,
     data_frames: usize,
+    /// Bytes of the frames in `data`.
+    data_bytes: usize,
+    /// The bound the last `Push::Full` met.
+    full_by: Option<Limit>,
+    /// Why the writer stopped, if a send failed.
+    failed: Option<io::ErrorKind>,
     /// Some thread is inside a `send` on this socket.
     writing: bool,
     /// The writer thread is parked on `work`.
@@ -120,6 +154,11 @@ impl State {
     fn idle(&self) -> bool {
         self.head.is_empty() && self.ctl.is_empty() && self.data.is_empty()
     }
+
+    /// Data bytes waiting: the queued frames and the unsent rest of a partial send.
+    fn queued_bytes(&self) -> usize {
+        self.head.len() + self.data_bytes
+    }
 }
 
 /// A link's outbound queue and socket; see the module docs.
@@ -132,6 +171,8 @@ pub(crate) struct Outbox {
     writer: WriteHalf,
     /// Most data frames queued (`Config::queue_len`).
     capacity: usize,
+    /// Most data bytes queued (`Config::queue_bytes`), one frame of any size excepted.
+    byte_budget: usize,
     /// Milliseconds since `epoch` when the writer thread started its current blocking
     /// send, or [`WRITER_IDLE`]. A send that takes long means the peer stopped reading.
     writing_since_ms: AtomicU64,
@@ -140,35 +181,44 @@ pub(crate) struct Outbox {
 
 impl Outbox {
     /// An outbox writing to `writer` (the link stream's write half), holding at most
-    /// `capacity` data frames.
-    pub(crate) fn new(writer: WriteHalf, capacity: usize, epoch: Instant) -> Outbox {
+    /// `capacity` data frames and `byte_budget` bytes of them (see the module docs).
+    pub(crate) fn new(
+        writer: WriteHalf,
+        capacity: usize,
+        byte_budget: usize,
+        epoch: Instant,
+    ) -> Outbox {
         Outbox {
             state: Mutex::new(State::default()),
             work: Condvar::new(),
             room: Condvar::new(),
             writer,
             capacity: capacity.max(1),
+            byte_budget,
             writing_since_ms: AtomicU64::new(WRITER_IDLE),
             epoch,
         }
     }
 
-    /// Queues (or sends at once) a data frame. When the queue is full it waits up to
-    /// `max_wait` for room, which slows the caller to the peer's pace the way TCP
-    /// would, unless the writer has been stuck inside one send for `stall`: such a
-    /// peer is not reading, and waiting for it would only delay the caller.
+    /// Queues (or sends at once) a data frame. When the queue is full (by frames or
+    /// by bytes) it waits up to `max_wait` for room, which slows the caller to the
+    /// peer's pace the way TCP would, unless the writer has been stuck inside one
+    /// send for `stall`: such a peer is not reading, and waiting for it would only
+    /// delay the caller.
     pub(crate) fn push_data(&self, frame: Frame, max_wait: Duration, stall: Duration) -> Push {
+        let len = frame.bytes().len();
         let mut st = self.state.lock();
         if st.done {
             return Push::Closed;
         }
-        if st.data_frames >= self.capacity {
+        if let Some(limit) = self.data_full(&st, len) {
             if self.stalled_for(stall) {
+                st.full_by = Some(limit);
                 return Push::Full;
             }
             let deadline = Instant::now() + max_wait;
             st.senders_waiting += 1;
-            while st.data_frames >= self.capacity && !st.done {
+            while self.data_full(&st, len).is_some() && !st.done {
                 if self.room.wait_until(&mut st, deadline).timed_out() {
                     break;
                 }
@@ -177,7 +227,8 @@ impl Outbox {
             if st.done {
                 return Push::Closed;
             }
-            if st.data_frames >= self.capacity {
+            if let Some(limit) = self.data_full(&st, len) {
+                st.full_by = Some(limit);
                 return Push::Full;
             }
         }
@@ -193,11 +244,12 @@ impl Outbox {
     /// Queues (or sends at once) a control frame. `Full` means the peer has left
     /// thousands of control frames unread.
     pub(crate) fn push_control(&self, frame: &[u8]) -> Push {
-        let st = self.state.lock();
+        let mut st = self.state.lock();
         if st.done {
             return Push::Closed;
         }
         if st.ctl_frames >= CONTROL_QUEUE || st.ctl.len() + frame.len() > CONTROL_BYTES {
+            st.full_by = Some(Limit::Control);
             return Push::Full;
         }
         let mut st = match self.try_direct(st, frame) {
@@ -215,7 +267,7 @@ impl Outbox {
     /// socket instead.
     pub(crate) fn leave(&self, leave: Vec<u8>) -> bool {
         let mut st = self.state.lock();
-        if st.done || st.data_frames >= self.capacity {
+        if st.done || self.data_full(&st, leave.len()).is_some() {
             return false;
         }
         append_data(&mut st, Frame::Owned(leave));
@@ -230,6 +282,46 @@ impl Outbox {
         let mut st = self.state.lock();
         st.closing = true;
         self.work.notify_one();
+    }
+
+    /// Which bound the last [`Push::Full`] of this outbox met.
+    pub(crate) fn full_by(&self) -> Option<Limit> {
+        self.state.lock().full_by
+    }
+
+    /// Data frames and bytes queued now (the unsent rest of a partial send included).
+    pub(crate) fn backlog(&self) -> (usize, usize) {
+        let st = self.state.lock();
+        (st.data_frames, st.queued_bytes())
+    }
+
+    /// The most data bytes queued (`Config::queue_bytes`).
+    pub(crate) fn byte_budget(&self) -> usize {
+        self.byte_budget
+    }
+
+    /// True when the writer stopped because a send made no progress for the write
+    /// timeout: the peer stopped reading. (It then shut the socket down, so the
+    /// link's reader sees the end of the stream.)
+    pub(crate) fn send_timed_out(&self) -> bool {
+        matches!(
+            self.state.lock().failed,
+            Some(io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+        )
+    }
+
+    /// Why a data frame of `len` bytes does not fit now, if it does not. An empty
+    /// queue takes any frame: one larger than the budget waits for the queue to
+    /// drain, and is never refused for ever.
+    fn data_full(&self, st: &State, len: usize) -> Option<Limit> {
+        if st.data_frames >= self.capacity {
+            return Some(Limit::Frames);
+        }
+        let queued = st.queued_bytes();
+        if queued > 0 && queued + len > self.byte_budget {
+            return Some(Limit::Bytes);
+        }
+        None
     }
 
     /// True when the writer thread has been inside one blocking send for longer than
@@ -247,8 +339,12 @@ impl Outbox {
         {
             let mut st = self.state.lock();
             st.done = true;
+            // Recorded before the shutdown below wakes the reader, which asks.
+            st.failed = result.as_ref().err().map(io::Error::kind);
             // What is left would never be sent; free it now.
             st.data.clear();
+            st.data_frames = 0;
+            st.data_bytes = 0;
             st.ctl = Vec::new();
             st.head = Vec::new();
             self.room.notify_all();
@@ -366,6 +462,7 @@ enum Direct<'a> {
 fn append_data(st: &mut State, frame: Frame) {
     st.data_frames += 1;
     let bytes = frame.bytes();
+    st.data_bytes += bytes.len();
     if bytes.len() <= COALESCE_MAX {
         if let Some(Chunk {
             frame: Frame::Owned(buf),
@@ -408,6 +505,7 @@ fn take_batch(st: &mut State, batch: &mut Vec<Frame>) {
         bytes += len;
         if let Some(chunk) = st.data.pop_front() {
             st.data_frames -= chunk.frames;
+            st.data_bytes -= len;
             batch.push(chunk.frame);
         }
     }
@@ -424,12 +522,21 @@ mod tests {
     /// An outbox on one end of a real loopback connection, its writer thread running,
     /// and the other end.
     fn pair(capacity: usize) -> (Arc<Outbox>, thread::JoinHandle<()>, TcpStream) {
+        pair_with(capacity, usize::MAX)
+    }
+
+    /// Like [`pair`], with a byte budget.
+    fn pair_with(
+        capacity: usize,
+        byte_budget: usize,
+    ) -> (Arc<Outbox>, thread::JoinHandle<()>, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         let a = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
         let (b, _) = l.accept().expect("accept");
         let out = Arc::new(Outbox::new(
             Stream::tcp(a).writer(),
             capacity,
+            byte_budget,
             Instant::now(),
         ));
         let w = {
@@ -596,5 +703,136 @@ mod tests {
         w.join().expect("writer");
         assert_eq!(got, b"pingdataLEAVE");
         assert!(!out.leave(b"again".to_vec()), "a stopped outbox refuses");
+        assert!(!out.send_timed_out(), "a graceful end is no send failure");
+    }
+
+    /// An outbox whose writer thread is not started: what is queued stays queued.
+    fn parked(capacity: usize, byte_budget: usize) -> (Outbox, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let a = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (b, _) = l.accept().expect("accept");
+        let out = Outbox::new(
+            Stream::tcp(a).writer(),
+            capacity,
+            byte_budget,
+            Instant::now(),
+        );
+        (out, b)
+    }
+
+    #[test]
+    fn queued_bytes_count_chunks_and_the_head_and_bound_the_queue() {
+        let (out, _b) = parked(100, 1000);
+        let mut st = out.state.lock();
+        assert_eq!(
+            out.data_full(&st, 5000),
+            None,
+            "an empty queue takes any frame"
+        );
+        append_data(&mut st, Frame::Owned(vec![1; 300])); // coalesced...
+        append_data(&mut st, Frame::Owned(vec![2; 300])); // ...into one chunk
+        append_data(&mut st, Frame::Shared(vec![3; 70_000].into())); // its own chunk
+        assert_eq!((st.data_frames, st.queued_bytes()), (3, 70_600));
+        assert_eq!(out.data_full(&st, 1), Some(Limit::Bytes));
+        // A batch is at most one chunk's worth (or one larger frame).
+        let mut batch = Vec::new();
+        take_batch(&mut st, &mut batch);
+        assert_eq!((st.data_frames, st.queued_bytes()), (1, 70_000));
+        batch.clear();
+        take_batch(&mut st, &mut batch);
+        assert_eq!((st.data_frames, st.queued_bytes()), (0, 0));
+        // The unsent rest of a direct send counts as well.
+        st.head = vec![0; 900];
+        assert_eq!(out.data_full(&st, 100), None);
+        assert_eq!(out.data_full(&st, 101), Some(Limit::Bytes));
+        // The frame count still bounds the queue whatever the bytes.
+        st.head.clear();
+        for _ in 0..100 {
+            append_data(&mut st, Frame::Owned(vec![0; 1]));
+        }
+        assert_eq!(out.data_full(&st, 1), Some(Limit::Frames));
+    }
+
+    #[test]
+    fn a_frame_larger_than_the_free_room_waits_for_it_then_is_queued() {
+        let (out, b) = parked(100, 1000);
+        let out = Arc::new(out);
+        append_data(&mut out.state.lock(), Frame::Owned(vec![1; 600]));
+        // No writer yet: the queue never drains, and the wait ends as Full.
+        let big = || Frame::Owned(vec![2; 5000]);
+        let p = out.push_data(big(), Duration::from_millis(30), Duration::MAX);
+        assert_eq!(p, Push::Full);
+        assert_eq!(out.full_by(), Some(Limit::Bytes));
+        assert_eq!(out.backlog(), (1, 600));
+        // With a writer and a reading peer the queue drains, and the frame, larger
+        // than the whole budget, is taken once the queue is empty.
+        let w = {
+            let out = Arc::clone(&out);
+            thread::spawn(move || out.run_writer())
+        };
+        let reader = thread::spawn(move || read_all(b));
+        let p = out.push_data(big(), Duration::from_secs(20), Duration::MAX);
+        assert_eq!(p, Push::Queued);
+        out.close();
+        w.join().expect("writer");
+        let got = reader.join().expect("reader");
+        assert_eq!(got.len(), 5600);
+        assert!(got[..600].iter().all(|&x| x == 1) && got[600..].iter().all(|&x| x == 2));
+    }
+
+    #[test]
+    fn a_peer_that_does_not_read_fills_the_byte_budget_not_the_frame_count() {
+        let (out, w, b) = pair_with(1000, 100_000);
+        let frame = vec![5u8; 30_000];
+        let mut full = None;
+        // The socket buffers take the first few MiB; then the queue fills.
+        for i in 0..4000 {
+            let p = out.push_data(
+                Frame::Owned(frame.clone()),
+                Duration::from_millis(20),
+                Duration::MAX,
+            );
+            if p == Push::Full {
+                full = Some(i);
+                break;
+            }
+            assert_eq!(p, Push::Queued);
+        }
+        assert!(full.is_some(), "120 MB went into a queue of 100,000 bytes");
+        assert_eq!(out.full_by(), Some(Limit::Bytes));
+        let (frames, bytes) = out.backlog();
+        assert!(
+            bytes <= 100_000 && bytes + 30_000 > 100_000,
+            "{bytes} bytes"
+        );
+        assert!(frames < 1000, "{frames} frames");
+        out.writer.shutdown(Shutdown::Both);
+        w.join().expect("writer");
+        assert_eq!(out.backlog(), (0, 0), "a stopped writer frees its queue");
+        drop(b);
+    }
+
+    #[test]
+    fn a_send_that_times_out_is_recorded_as_the_peer_not_reading() {
+        let (out, w, b) = pair_with(64, usize::MAX);
+        out.writer
+            .set_write_timeout(Some(Duration::from_millis(100)))
+            .expect("write timeout");
+        // Far more than the socket buffers hold (the peer never reads).
+        let big = vec![9u8; 1 << 20];
+        for _ in 0..40 {
+            if out.push_data(
+                Frame::Owned(big.clone()),
+                Duration::from_secs(5),
+                Duration::MAX,
+            ) == Push::Closed
+            {
+                break;
+            }
+        }
+        // The writer gives up after one send made no progress for 100 ms.
+        w.join().expect("writer");
+        assert!(out.send_timed_out());
+        drop(b);
     }
 }
