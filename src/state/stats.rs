@@ -96,6 +96,9 @@ counters! {
     /// Frames ignored as the protocol says: unknown types, broadcasts whose hop count
     /// is out of range.
     frames_ignored,
+    /// Addresses in PEERS lists ignored because the sender's /24 (/48) already has
+    /// `NEW_PER_SOURCE` never-tried entries in the address book.
+    addrs_ignored,
     /// JOINs whose observed address was recorded as a vote on this node's own IP.
     observations,
 }
