@@ -6,6 +6,12 @@
 //! It makes no dials itself: [`Membership::dial_plan`] says whom to dial, and the
 //! maintenance thread dials (a PEERS message with new addresses wakes it).
 //!
+//! Against eclipse attempts (see `state::known_addrs`): a PEERS list counts against
+//! its sender's network group, taken from the link's socket remote IP (not its JOIN,
+//! which a peer chooses), so one peer or subnet adds at most `NEW_PER_SOURCE` new
+//! addresses; the plan spends the dial budget of `Config::new_dials_per_sec` on new
+//! addresses, takes sources in turn and prefers subnets without an outbound link.
+//!
 //! Locks: `book` (the address book) and `observed` (votes on our own IP), each taken
 //! alone, except when an adopted IP changes: then `observed`, then `book`.
 
