@@ -69,7 +69,7 @@ pub struct Config {
     /// How long a broadcast id is remembered. Defaults to 5 minutes.
     pub seen_cache_ttl: Duration,
     /// Known addresses kept for dialing. Defaults to 1,000. At most
-    /// [`NEW_PER_SOURCE`](crate::state::known_addrs::NEW_PER_SOURCE) (64) never-tried
+    /// [`NEW_PER_SOURCE`](crate::known_addrs::NEW_PER_SOURCE) (64) never-tried
     /// entries come from one source's /24 (/48), and addresses this node has linked
     /// with are never pushed out by newcomers.
     pub max_known_addrs: usize,

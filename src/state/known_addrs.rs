@@ -20,9 +20,9 @@
 //!   (or one subnet of them) cannot fill the book. An entry stops counting once tried.
 //!   Addresses the user typed and those from the peers file have no source and no limit.
 //! - **Dial budget.** Dials of new entries (except those the user typed) spend tokens
-//!   of a [`DialBudget`], so a flood of bogus addresses costs a bounded number of dials
+//!   of a `DialBudget`, so a flood of bogus addresses costs a bounded number of dials
 //!   a second; tried entries and user-typed ones are dialled whenever due.
-//! - **Spread.** [`AddrBook::dial_candidates`] goes round-robin over source groups and
+//! - **Spread.** `AddrBook::dial_candidates` goes round-robin over source groups and
 //!   prefers addresses whose /24 (/48) holds none of our outbound links; only when
 //!   nothing else is due does it take the rest, so a loopback overlay (one /24) forms
 //!   as before.
