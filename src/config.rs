@@ -132,8 +132,20 @@ pub struct Config {
     /// frames keep being dropped with less than a second between two drops. A burst
     /// that overflows for a shorter time only loses its excess. Defaults to 5 s.
     pub rate_limit_grace: Duration,
-    /// Known addresses kept for dialing. Defaults to 1,000.
+    /// Known addresses kept for dialing. Defaults to 1,000. At most
+    /// [`NEW_PER_SOURCE`](crate::known_addrs::NEW_PER_SOURCE) (64) never-tried
+    /// entries come from one source's /24 (/48), and addresses this node has linked
+    /// with are never pushed out by newcomers.
     pub max_known_addrs: usize,
+    /// Dials per second of addresses never tried (heard of in PEERS lists, or from the
+    /// peers file without a success), with a burst of `target_links`. Defaults to 2.
+    /// Addresses that linked before and the ones the user dials are never limited. A
+    /// flood of bogus addresses then costs at most `target_links` dials at once and 2 a
+    /// second after (the old node made 28); an honest join is not slowed, because a
+    /// joiner needs at most `target_links` new addresses and the burst covers them
+    /// (a refused or failed one is replaced within half a second). 0 leaves only the
+    /// burst, refilled never.
+    pub new_dials_per_sec: u32,
     /// How often every link is sent the current address list again, so that nodes
     /// that joined later are learned. Defaults to 30 s.
     pub peer_exchange_interval: Duration,
@@ -193,6 +205,7 @@ impl Default for Config {
             data_burst: 2_000_000,
             rate_limit_grace: Duration::from_secs(5),
             max_known_addrs: 1000,
+            new_dials_per_sec: 2,
             peer_exchange_interval: Duration::from_secs(30),
             max_pending_events: 16_384,
             max_pending_event_bytes: 16 << 20,

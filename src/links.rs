@@ -30,7 +30,7 @@
 //! (`max_pending_events`, `max_pending_event_bytes`, here).
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -83,6 +83,9 @@ pub(crate) struct Link {
     node_id: NodeId,
     /// The peer's listen address.
     addr: SocketAddr,
+    /// The socket's remote IP: who sent what arrives here (a peer's JOIN may
+    /// advertise another IP for `addr`).
+    remote_ip: IpAddr,
     direction: Direction,
     /// The dialler's id and source port: orders duplicate connections.
     dial_key: (NodeId, u16),
@@ -105,6 +108,8 @@ pub(crate) struct LinkId {
     pub node_id: NodeId,
     /// The peer's listen address.
     pub addr: SocketAddr,
+    /// The socket's remote IP.
+    pub remote_ip: IpAddr,
     pub direction: Direction,
     pub dial_key: (NodeId, u16),
 }
@@ -115,6 +120,7 @@ impl Link {
             conn_id: id.conn_id,
             node_id: id.node_id,
             addr: id.addr,
+            remote_ip: id.remote_ip,
             direction: id.direction,
             dial_key: id.dial_key,
             outbox,
@@ -137,6 +143,12 @@ impl Link {
     /// The peer's listen address: what a user can dial.
     pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The socket's remote IP: the source of what arrives on this link, which the
+    /// address book's per-source limit counts.
+    pub(crate) fn remote_ip(&self) -> IpAddr {
+        self.remote_ip
     }
 
     /// A frame arrived (or the reader was kept waiting by the application, which is
@@ -758,6 +770,21 @@ impl Links {
         let mut busy = r.table.linked_addrs();
         busy.extend(r.dialing.keys().copied());
         (r.table.len() + r.dialing.len(), busy)
+    }
+
+    /// Listen addresses of outbound links and of dials in progress (which become
+    /// outbound links): the address book prefers other subnets.
+    pub(crate) fn outbound_addrs(&self) -> Vec<SocketAddr> {
+        let r = self.registry.lock();
+        let mut v: Vec<SocketAddr> = r
+            .table
+            .links()
+            .iter()
+            .filter(|l| l.direction == Direction::Outbound)
+            .map(|l| l.addr)
+            .collect();
+        v.extend(r.dialing.keys().copied());
+        v
     }
 
     pub(crate) fn linked_addrs(&self) -> HashSet<SocketAddr> {

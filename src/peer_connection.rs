@@ -217,6 +217,7 @@ impl PeerConnection {
             conn_id: self.conn_id,
             node_id: join.node_id,
             addr,
+            remote_ip: self.remote.ip(),
             direction,
             dial_key,
         };

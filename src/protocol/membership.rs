@@ -6,6 +6,12 @@
 //! It makes no dials itself: [`Membership::dial_plan`] says whom to dial, and the
 //! maintenance thread dials (a PEERS message with new addresses wakes it).
 //!
+//! Against eclipse attempts (see `state::known_addrs`): a PEERS list counts against
+//! its sender's network group, taken from the link's socket remote IP (not its JOIN,
+//! which a peer chooses), so one peer or subnet adds at most `NEW_PER_SOURCE` new
+//! addresses; the plan spends the dial budget of `Config::new_dials_per_sec` on new
+//! addresses, takes sources in turn and prefers subnets without an outbound link.
+//!
 //! Locks: `book` (the address book) and `observed` (votes on our own IP), each taken
 //! alone, except when an adopted IP changes: then `observed`, then `book`.
 
@@ -21,7 +27,7 @@ use crate::config::Config;
 use crate::error::HandshakeError;
 use crate::links::{Link, Links};
 use crate::p2p_message::{Join, NodeId, P2PMessage, PROTOCOL_VERSION};
-use crate::state::known_addrs::{AddrBook, KnownAddr};
+use crate::state::known_addrs::{net_group, AddrBook, DialBudget, KnownAddr, Learned};
 use crate::state::observed::{usable, ObservedVotes};
 use crate::state::peer_cache;
 use crate::state::stats;
@@ -60,7 +66,9 @@ impl Membership {
     /// The state of a node listening at `local_addr`, with the peers file (if any)
     /// read into the address book.
     pub(crate) fn new(config: Arc<Config>, id: NodeId, local_addr: SocketAddr) -> Membership {
-        let mut book = AddrBook::new(config.max_known_addrs);
+        // The burst covers a join: at most `target_links` new addresses at once.
+        let budget = DialBudget::new(f64::from(config.new_dials_per_sec), config.target_links);
+        let mut book = AddrBook::new(config.max_known_addrs, budget);
         let fixed_own = fixed_own_addrs(&config, local_addr);
         for own in &fixed_own {
             book.add_own(*own);
@@ -235,15 +243,28 @@ impl Membership {
         P2PMessage::Peers { addrs }
     }
 
-    /// Adds addresses from a peer's PEERS message; new ones wake the dialer.
+    /// Adds addresses from a peer's PEERS message, within the per-source limit of the
+    /// link's remote IP (see `state::known_addrs`); new ones wake the dialer.
     pub(crate) fn on_peers(&self, links: &Links, addrs: &[SocketAddr], from: &Link) {
         let now = Instant::now();
-        let new = {
+        let source = from.remote_ip();
+        let (mut new, mut ignored) = (0, 0);
+        {
             let mut book = self.book.lock();
-            addrs.iter().filter(|a| book.learn(**a, now)).count()
-        };
+            for a in addrs {
+                match book.learn_from(*a, source, now) {
+                    Learned::Added => new += 1,
+                    Learned::SourceFull => ignored += 1,
+                    Learned::Known | Learned::Refused => {}
+                }
+            }
+        }
+        if ignored > 0 {
+            stats::add(&links.stats().addrs_ignored, ignored);
+        }
         log::debug!(
-            "{}: peer list of {} addresses, {new} new",
+            "{}: peer list of {} addresses, {new} new, {ignored} ignored (source {source} \
+             has enough)",
             from.addr(),
             addrs.len()
         );
@@ -266,7 +287,9 @@ impl Membership {
     }
 
     /// Addresses to dial now to reach `target_links`: never one that is linked or
-    /// being dialled, never one in backoff. Empty without `auto_dial`.
+    /// being dialled, never one in backoff; new addresses within the dial budget,
+    /// round-robin over sources, other subnets than our outbound links' first (see
+    /// `AddrBook::dial_candidates`). Empty without `auto_dial`.
     pub(crate) fn dial_plan(&self, links: &Links) -> Vec<SocketAddr> {
         if !self.config.auto_dial || !links.is_running() {
             return Vec::new();
@@ -276,15 +299,20 @@ impl Membership {
         if need == 0 {
             return Vec::new();
         }
+        let outbound = links
+            .outbound_addrs()
+            .into_iter()
+            .map(|a| net_group(a.ip()))
+            .collect();
         self.book
             .lock()
-            .dial_candidates(Instant::now(), &skip, need)
+            .dial_candidates(Instant::now(), &skip, &outbound, need)
     }
 
     /// Remembers an address the application dials, so it is redialled if the link
-    /// drops.
+    /// drops: no source limit, no dial budget.
     pub(crate) fn remember(&self, addr: SocketAddr) {
-        self.book.lock().learn(addr, Instant::now());
+        self.book.lock().remember(addr, Instant::now());
     }
 
     /// Bookkeeping at the end of a dial. Success was recorded when the link came up

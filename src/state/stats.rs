@@ -126,6 +126,9 @@ counters! {
     /// Broadcast copies the seen cache no longer knew but the origin's replay window
     /// did (already taken, or too old); also counted in `duplicates_dropped`.
     replays_dropped,
+    /// Addresses in PEERS lists ignored because the sender's /24 (/48) already has
+    /// `NEW_PER_SOURCE` never-tried entries in the address book.
+    addrs_ignored,
     /// JOINs whose observed address was recorded as a vote on this node's own IP.
     observations,
 }
