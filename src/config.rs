@@ -35,10 +35,18 @@ pub struct Config {
     pub max_links: usize,
     /// Cap on links the peer dialled. Defaults to 64, half of `max_links`, so a flood
     /// of inbound peers cannot take the slots this node needs for its own dials.
+    /// When it is reached, a newcomer from a less represented source group (/24,
+    /// /48) makes the youngest unprotected inbound link of the most represented group
+    /// leave (`DownReason::Evicted`, counted as `links_evicted`; the rule is in
+    /// `state/eviction.rs` and docs/PROTOCOL.md 3.5a); a newcomer of the crowded group
+    /// itself is refused.
     pub max_inbound_links: usize,
     /// Cap on accepted connections still in their handshake. Past it, a new socket is
     /// closed at once (and counted), so idle or slow connections cannot pile up
-    /// threads. Defaults to 32; a real handshake takes one round trip.
+    /// threads, unless its source group (/24, /48) has fewer pending handshakes than
+    /// the group with the most: then the oldest of that group is closed instead
+    /// (counted as `pending_evicted`), so one source cannot hold every place.
+    /// Defaults to 32; a real handshake takes one round trip.
     pub max_pending_handshakes: usize,
     /// Cap on open sockets of both directions, whatever state they are in: in their
     /// handshake, linked, retired duplicates, referrals, dials still connecting. Each

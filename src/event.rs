@@ -107,6 +107,10 @@ pub enum DownReason {
     /// Another node completed a handshake with the same listen address after this one
     /// had gone silent (the node there restarted with a new id).
     Replaced,
+    /// The inbound slots were full and this link, the youngest unprotected one of the
+    /// most represented source group, made room for a newcomer of a less represented
+    /// group.
+    Evicted,
     /// Reading the socket failed (reset, timeout); the OS error text.
     ReadFailed(String),
     /// The peer sent a frame that breaks the protocol; what was wrong with it.
@@ -148,6 +152,7 @@ impl fmt::Display for DownReason {
             DownReason::QueueFull => f.write_str("outbound queue full"),
             DownReason::NotReading => f.write_str("peer stopped reading (send timed out)"),
             DownReason::Replaced => f.write_str("replaced by a new node on the same address"),
+            DownReason::Evicted => f.write_str("evicted for a more diverse peer"),
             DownReason::ReadFailed(e) => write!(f, "read failed: {e}"),
             DownReason::BadFrame(e) => f.write_str(e),
             DownReason::SecondJoin => f.write_str("second JOIN on a live link"),
@@ -179,6 +184,7 @@ mod tests {
                 DownReason::Replaced,
                 "replaced by a new node on the same address",
             ),
+            (DownReason::Evicted, "evicted for a more diverse peer"),
             (
                 DownReason::ReadFailed("connection reset".into()),
                 "read failed: connection reset",

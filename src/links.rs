@@ -10,7 +10,17 @@
 //! before its dial starts) until its connection thread ends, so `max_connections`
 //! bounds threads and descriptors whatever the connection turns out to be (handshake,
 //! link, retired duplicate, referral). Accepted sockets also hold a [`PendingSlot`]
-//! for their handshake. Both are atomics, not under the lock.
+//! for their handshake. `ConnSlot` is an atomic; pending handshakes are kept by
+//! source group in `pending` (a leaf lock), so that when all are taken the oldest of
+//! the most represented group can give way to a newcomer of a less represented one.
+//!
+//! Fairness when full (issue 10, item 3; the rules are in `state::eviction`): nothing
+//! is refused for its source while a place is free. At `max_pending_handshakes`, a
+//! newcomer from a less represented /24 (/48) evicts the oldest pending handshake of
+//! the most represented group ([`Links::admit_pending`]); at a link cap, an inbound
+//! newcomer from a less represented group evicts the youngest unprotected inbound link
+//! of the most represented one (`PeerTable::insert`, closed with LEAVE and
+//! `DownReason::Evicted` by [`Links::register`]).
 //!
 //! Duplicates are bounded: at most [`MAX_RETIRING_PER_NODE`] connections per node id
 //! linger, and none lingers in the last `max_pending_handshakes` places of the
@@ -19,7 +29,10 @@
 //!
 //! Locks: `registry` (the peer table, open connections, connection threads, dials in
 //! progress, retiring duplicates). Every method takes it, copies or updates, and lets
-//! it go before any socket call, blocking queue push or thread join. Each link's
+//! it go before any socket call, blocking queue push or thread join. `pending` (the
+//! pending handshakes by group) is a leaf: a few map operations, never with
+//! `registry` (`counts` reads it before taking `registry`), the evicted socket shut
+//! down after it is released. Each link's
 //! `Outbox` has a lock of its own; nothing holds `registry` and an outbox lock
 //! together. `pending_events` (the sizes of the events queued for the application,
 //! see [`Links::deliver`]) is a leaf: held for a few arithmetic steps and the send on
@@ -45,6 +58,8 @@ use crate::config::Config;
 use crate::error::{Error, HandshakeError};
 use crate::event::{Direction, DownReason, Event, PeerInfo};
 use crate::p2p_message::{NodeId, P2PMessage};
+use crate::state::eviction::{self, PendingGroup};
+use crate::state::known_addrs::net_group;
 use crate::state::peer_table::{Insert, Limits, Peer, PeerTable};
 use crate::state::stats::{self, Stats};
 use crate::transport::outbox::{Frame, Limit, Outbox, Push};
@@ -95,6 +110,10 @@ pub(crate) struct Link {
     /// Shuts the stream down from any thread.
     closer: Closer,
     connected_at: Instant,
+    /// Milliseconds since the node's epoch when the link was made (eviction age).
+    connected_ms: u64,
+    /// The source group of `remote_ip` (`known_addrs::net_group`), for eviction.
+    group: IpAddr,
     /// Milliseconds since the node's epoch when a frame last arrived.
     last_seen_ms: AtomicU64,
     /// Milliseconds since the node's epoch when the last PING was queued.
@@ -127,6 +146,8 @@ impl Link {
             outbox,
             closer,
             connected_at: Instant::now(),
+            connected_ms: now_ms,
+            group: net_group(id.remote_ip),
             last_seen_ms: AtomicU64::new(now_ms),
             last_ping_ms: AtomicU64::new(now_ms),
             rtt_us: AtomicU64::new(NO_RTT),
@@ -230,6 +251,15 @@ impl Peer for Link {
     fn last_seen_ms(&self) -> u64 {
         self.last_seen_ms.load(Ordering::Relaxed)
     }
+    fn group(&self) -> IpAddr {
+        self.group
+    }
+    fn rtt_us(&self) -> u64 {
+        self.rtt_us.load(Ordering::Relaxed)
+    }
+    fn connected_ms(&self) -> u64 {
+        self.connected_ms
+    }
 }
 
 /// What queueing a frame did.
@@ -269,14 +299,78 @@ pub(crate) enum DialClaim {
 }
 
 /// An accepted connection's place among the pending handshakes; dropping it frees the
-/// place.
+/// place (unless it was evicted, which freed it already).
 pub(crate) struct PendingSlot {
-    pending: Arc<AtomicUsize>,
+    pending: Arc<Mutex<Pending>>,
+    group: IpAddr,
+    conn_id: u64,
 }
 
 impl Drop for PendingSlot {
     fn drop(&mut self) {
-        self.pending.fetch_sub(1, Ordering::SeqCst);
+        // The entry (and its closer) is dropped after the guard, outside the lock.
+        let _entry = self.pending.lock().remove(self.group, self.conn_id);
+    }
+}
+
+/// Accepted sockets still in their handshake, by source group, oldest first: what
+/// `max_pending_handshakes` counts and what its eviction rule
+/// ([`eviction::pending_victim_group`]) looks at. A leaf lock of its own (the
+/// acceptor takes it for a few map operations, never with `registry`).
+#[derive(Default)]
+struct Pending {
+    /// Entries in `by_group`.
+    total: usize,
+    by_group: HashMap<IpAddr, VecDeque<PendingEntry>>,
+}
+
+struct PendingEntry {
+    conn_id: u64,
+    started: Instant,
+    /// Shuts the socket down when the handshake is evicted.
+    closer: Closer,
+}
+
+impl Pending {
+    fn remove(&mut self, group: IpAddr, conn_id: u64) -> Option<PendingEntry> {
+        let q = self.by_group.get_mut(&group)?;
+        let entry = q
+            .iter()
+            .position(|e| e.conn_id == conn_id)
+            .and_then(|i| q.remove(i));
+        if q.is_empty() {
+            self.by_group.remove(&group);
+        }
+        if entry.is_some() {
+            self.total -= 1;
+        }
+        entry
+    }
+
+    /// Takes the oldest pending handshake of `group` out.
+    fn pop_oldest(&mut self, group: IpAddr) -> Option<PendingEntry> {
+        let q = self.by_group.get_mut(&group)?;
+        let entry = q.pop_front();
+        if q.is_empty() {
+            self.by_group.remove(&group);
+        }
+        if entry.is_some() {
+            self.total -= 1;
+        }
+        entry
+    }
+
+    fn groups(&self) -> Vec<PendingGroup> {
+        self.by_group
+            .iter()
+            .filter_map(|(g, q)| {
+                q.front().map(|e| PendingGroup {
+                    group: *g,
+                    pending: q.len(),
+                    oldest: e.started,
+                })
+            })
+            .collect()
     }
 }
 
@@ -297,7 +391,9 @@ impl Drop for ConnSlot {
 /// A connection that lost the one-link-per-pair rule. It is no longer a link (nothing
 /// new is queued on it), but its reader keeps delivering what the peer already sent
 /// until the peer closes it, so a message sent during a simultaneous dial is never
-/// lost. The maintenance thread enforces the two deadlines.
+/// lost. An evicted link (LEAVE sent, writer closing) retires the same way, so a peer
+/// that never hangs up is shut down at the give-up deadline. The maintenance thread
+/// enforces the two deadlines.
 struct Retiring {
     conn_id: u64,
     /// Whose duplicate it is, for [`MAX_RETIRING_PER_NODE`].
@@ -322,7 +418,7 @@ struct Registry {
     threads: Vec<JoinHandle<()>>,
     /// Addresses with a dial in progress, each with whoever waits for it to end.
     dialing: HashMap<SocketAddr, Vec<Sender<()>>>,
-    /// Duplicate connections being wound down.
+    /// Duplicate connections (and evicted links) being wound down.
     retiring: Vec<Retiring>,
 }
 
@@ -384,8 +480,9 @@ pub(crate) struct Links {
     /// Wakes the maintenance thread (`bounded(1)`: one pending wake is enough).
     wake: Sender<()>,
     next_conn: AtomicU64,
-    /// Accepted sockets still in their handshake (see `max_pending_handshakes`).
-    pending: Arc<AtomicUsize>,
+    /// Accepted sockets still in their handshake, by source group (see
+    /// `max_pending_handshakes`).
+    pending: Arc<Mutex<Pending>>,
     /// Sockets holding a [`ConnSlot`] (see `max_connections`).
     open: Arc<AtomicUsize>,
     stats: Stats,
@@ -407,7 +504,7 @@ impl Links {
             pending_events: Mutex::new(PendingEvents::default()),
             wake,
             next_conn: AtomicU64::new(1),
-            pending: Arc::new(AtomicUsize::new(0)),
+            pending: Arc::new(Mutex::new(Pending::default())),
             open: Arc::new(AtomicUsize::new(0)),
             stats: Stats::default(),
         };
@@ -597,26 +694,77 @@ impl Links {
         self.may_linger()
     }
 
-    /// Counts an accepted socket as a pending handshake; `None` (and counted as
-    /// refused) when `max_pending_handshakes` are pending already.
-    pub(crate) fn admit_pending(&self) -> Option<PendingSlot> {
-        let before = self.pending.fetch_add(1, Ordering::SeqCst);
-        let slot = PendingSlot {
-            pending: Arc::clone(&self.pending),
+    /// Counts accepted connection `conn_id` from `remote` as a pending handshake.
+    ///
+    /// When `max_pending_handshakes` are pending already, the newcomer may take the
+    /// place of the oldest pending handshake of the most represented source group
+    /// (/24, /48), if its own group has fewer pending ([`eviction::pending_victim_group`]):
+    /// that socket is shut down (its handshake fails at once) and counted in
+    /// `pending_evicted`. Otherwise `None`, counted in `refused_connections`: the
+    /// caller closes the socket. Never waits: a few map operations under the leaf
+    /// lock `pending`, the shutdown after it.
+    pub(crate) fn admit_pending(
+        &self,
+        remote: IpAddr,
+        conn_id: u64,
+        closer: Closer,
+    ) -> Option<PendingSlot> {
+        let group = net_group(remote);
+        let admitted = {
+            let mut p = self.pending.lock();
+            let victim = if p.total < self.config.max_pending_handshakes {
+                Ok(None)
+            } else {
+                match eviction::pending_victim_group(&p.groups(), group) {
+                    Some(g) => Ok(p.pop_oldest(g)),
+                    None => Err(()),
+                }
+            };
+            if victim.is_ok() {
+                p.by_group
+                    .entry(group)
+                    .or_default()
+                    .push_back(PendingEntry {
+                        conn_id,
+                        started: Instant::now(),
+                        closer,
+                    });
+                p.total += 1;
+            }
+            victim
         };
-        if before < self.config.max_pending_handshakes {
-            return Some(slot);
+        match admitted {
+            Ok(victim) => {
+                if let Some(v) = victim {
+                    let n = stats::add(&self.stats.pending_evicted, 1);
+                    if n % 1000 == 0 {
+                        log::warn!(
+                            "{} handshakes pending: closed the oldest of the most represented \
+                             group for {remote} ({} evicted so far)",
+                            self.config.max_pending_handshakes,
+                            n + 1
+                        );
+                    }
+                    v.closer.shutdown();
+                }
+                Some(PendingSlot {
+                    pending: Arc::clone(&self.pending),
+                    group,
+                    conn_id,
+                })
+            }
+            Err(()) => {
+                let n = stats::add(&self.stats.refused_connections, 1);
+                if n % 1000 == 0 {
+                    log::warn!(
+                        "{} handshakes pending: refusing new connections ({} refused so far)",
+                        self.config.max_pending_handshakes,
+                        n + 1
+                    );
+                }
+                None
+            }
         }
-        drop(slot);
-        let n = stats::add(&self.stats.refused_connections, 1);
-        if n % 1000 == 0 {
-            log::warn!(
-                "{} handshakes pending: refusing new connections ({} refused so far)",
-                self.config.max_pending_handshakes,
-                n + 1
-            );
-        }
-        None
     }
 
     /// Counts a frame the protocol says to ignore (unknown type, hop count out of
@@ -662,9 +810,15 @@ impl Links {
             let outcome = r.table.insert(Arc::clone(&link), limits, stale_before);
             match &outcome {
                 Insert::Kept(_) => self.push_retiring(&mut r, &link, None),
-                Insert::Added { replaced } => {
+                Insert::Added { replaced, evicted } => {
                     for old in replaced.iter().filter(|o| o.node_id == link.node_id) {
                         self.push_retiring(&mut r, old, Some(Arc::clone(&old.outbox)));
+                    }
+                    // An evicted link is out of the table, so no heartbeat watches
+                    // it: the retiring deadlines bound how long it may stay open
+                    // after its LEAVE (a peer that never hangs up is shut down).
+                    if let Some(v) = evicted {
+                        self.push_retiring(&mut r, v, None);
                     }
                 }
                 _ => {}
@@ -672,7 +826,10 @@ impl Links {
             outcome
         };
         match outcome {
-            Insert::Added { replaced } => {
+            Insert::Added { replaced, evicted } => {
+                if let Some(victim) = evicted {
+                    self.evict(&victim, &link);
+                }
                 let mut same_node = false;
                 for old in replaced {
                     if old.node_id == link.node_id {
@@ -703,6 +860,28 @@ impl Links {
                 Register::Refused(HandshakeError::AddressTaken(link.addr))
             }
         }
+    }
+
+    /// Closes an inbound link that gave way to `newcomer` (already out of the table,
+    /// and retiring, so it is shut down if the peer never hangs up): LEAVE, then a
+    /// half-close, and `PeerDown` with [`DownReason::Evicted`]. Its reader then ends
+    /// and finds nothing more to report.
+    fn evict(&self, victim: &Link, newcomer: &Link) {
+        let n = stats::add(&self.stats.links_evicted, 1);
+        let msg = format!(
+            "{} ({}): inbound links full, evicted for {} from a less represented group              ({} evicted so far)",
+            victim.addr,
+            victim.remote_ip,
+            newcomer.remote_ip,
+            n + 1
+        );
+        if n % 100 == 0 {
+            log::warn!("{msg}");
+        } else {
+            log::info!("{msg}");
+        }
+        self.emit_peer_down(victim, DownReason::Evicted);
+        victim.send_leave();
     }
 
     /// Counts and logs (rate-limited) a connection to a linked node that may not
@@ -774,12 +953,13 @@ impl Links {
     }
 
     pub(crate) fn counts(&self) -> LinkCounts {
+        let pending_handshakes = self.pending.lock().total;
         let r = self.registry.lock();
         LinkCounts {
             links: r.table.len(),
             dialing: r.dialing.len(),
             connections: r.conns.len(),
-            pending_handshakes: self.pending.load(Ordering::Relaxed),
+            pending_handshakes,
         }
     }
 

@@ -56,17 +56,26 @@ impl PeerConnectionFactory {
             match socket {
                 Ok(s) => {
                     // Refused sockets are dropped, i.e. closed, right here, before any
-                    // byte: first the connection cap, then the pending-handshake cap.
+                    // byte: first the connection cap, then the pending-handshake cap
+                    // (which may evict a pending handshake of a crowded source group
+                    // instead, see `Links::admit_pending`).
                     let Some(slot) = links.admit_connection() else {
                         continue;
                     };
-                    let Some(pending) = links.admit_pending() else {
+                    let remote = match s.peer_addr() {
+                        Ok(remote) => remote,
+                        Err(e) => {
+                            log::debug!("accepted socket has no peer address: {e}");
+                            continue;
+                        }
+                    };
+                    let stream = Stream::tcp(s);
+                    let conn_id = links.next_conn_id();
+                    let Some(pending) = links.admit_pending(remote.ip(), conn_id, stream.closer())
+                    else {
                         continue;
                     };
-                    match s.peer_addr() {
-                        Ok(remote) => self.create_connection(Stream::tcp(s), remote, slot, pending),
-                        Err(e) => log::debug!("accepted socket has no peer address: {e}"),
-                    }
+                    self.create_connection(stream, remote, conn_id, slot, pending);
                 }
                 Err(e) => {
                     // Out of file descriptors and similar: back off instead of spinning.
@@ -83,11 +92,11 @@ impl PeerConnectionFactory {
         &self,
         stream: Stream,
         remote: SocketAddr,
+        conn_id: u64,
         slot: ConnSlot,
         pending: PendingSlot,
     ) {
         let shared = &self.shared;
-        let conn_id = shared.links.next_conn_id();
         shared.links.add_conn(conn_id, stream.closer());
         let conn =
             PeerConnection::accepted(Arc::clone(shared), stream, conn_id, remote, slot, pending);

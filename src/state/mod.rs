@@ -2,6 +2,7 @@
 //! here is owned by one module above (the link manager or a protocol), which puts it
 //! behind its own lock and does the I/O the data asks for.
 
+pub(crate) mod eviction;
 pub mod known_addrs;
 pub(crate) mod observed;
 pub mod peer_cache;

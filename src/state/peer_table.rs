@@ -7,11 +7,12 @@
 //! `Arc`, a `Vec` of them), let the guard drop, then write.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use crate::event::Direction;
 use crate::p2p_message::NodeId;
+use crate::state::eviction::{self, Candidate};
 
 /// What the table needs to know of a link to apply its rules.
 pub(crate) trait Peer {
@@ -25,6 +26,13 @@ pub(crate) trait Peer {
     fn dial_key(&self) -> (NodeId, u16);
     /// Milliseconds since the node's epoch when a frame last arrived.
     fn last_seen_ms(&self) -> u64;
+    /// The source group of the socket's remote IP (`known_addrs::net_group`), for
+    /// the eviction rule.
+    fn group(&self) -> IpAddr;
+    /// Last measured round trip in microseconds, `u64::MAX` when not measured yet.
+    fn rtt_us(&self) -> u64;
+    /// Milliseconds since the node's epoch when the link was made.
+    fn connected_ms(&self) -> u64;
 }
 
 /// The link caps [`PeerTable::insert`] enforces.
@@ -40,11 +48,16 @@ pub(crate) struct Limits {
 pub(crate) enum Insert<L> {
     /// The new link is live. `replaced` are older links it superseded: a duplicate
     /// connection to the same node, or a stale entry for a node that restarted on the
-    /// same address with a new id.
-    Added { replaced: Vec<Arc<L>> },
+    /// same address with a new id. `evicted` is the inbound link removed to make room
+    /// for it (see [`eviction::inbound_victim`]); the caller closes it.
+    Added {
+        replaced: Vec<Arc<L>>,
+        evicted: Option<Arc<L>>,
+    },
     /// The pair already has a link that wins over the new connection; close the new one.
     Kept(Arc<L>),
-    /// `max_links` (or, for an inbound link, `max_inbound_links`) reached.
+    /// `max_links` (or, for an inbound link, `max_inbound_links`) reached, and no
+    /// inbound link gives way to this one.
     Full,
     /// Another node holds this listen address and is alive; the newcomer is refused,
     /// so a JOIN that merely claims an address cannot push a live peer out.
@@ -75,6 +88,11 @@ impl<L: Peer> PeerTable<L> {
     /// A link of another node id on the same listen address is replaced only when it
     /// has been silent since `stale_before_ms` (the node restarted with a new id and
     /// the old connection never closed); a live one keeps the address.
+    ///
+    /// When a cap is reached and the newcomer is inbound, an inbound link of a more
+    /// represented source group may give way ([`eviction::inbound_victim`]): it is
+    /// removed and returned in `Added::evicted`. Nothing is evicted while the caps
+    /// leave room.
     pub(crate) fn insert(
         &mut self,
         link: Arc<L>,
@@ -82,6 +100,7 @@ impl<L: Peer> PeerTable<L> {
         stale_before_ms: u64,
     ) -> Insert<L> {
         let mut replaced = Vec::new();
+        let mut victim = None;
         if let Some(old) = self.links.get(&link.node_id()) {
             if old.dial_key() <= link.dial_key() {
                 return Insert::Kept(Arc::clone(old));
@@ -91,7 +110,13 @@ impl<L: Peer> PeerTable<L> {
             || (link.direction() == Direction::Inbound
                 && self.inbound_count() >= limits.max_inbound)
         {
-            return Insert::Full;
+            if link.direction() != Direction::Inbound {
+                return Insert::Full;
+            }
+            match self.inbound_victim(link.group()) {
+                Some(v) => victim = Some(v),
+                None => return Insert::Full,
+            }
         }
         let others: Vec<&Arc<L>> = self
             .links
@@ -107,8 +132,32 @@ impl<L: Peer> PeerTable<L> {
                 replaced.push(l);
             }
         }
+        let evicted = victim.and_then(|v| self.links.remove(&v));
         self.links.insert(link.node_id(), link);
-        Insert::Added { replaced }
+        Insert::Added { replaced, evicted }
+    }
+
+    /// The node id of the inbound link that gives way to a newcomer from `group`.
+    fn inbound_victim(&self, group: IpAddr) -> Option<NodeId> {
+        let inbound: Vec<&Arc<L>> = self
+            .links
+            .values()
+            .filter(|l| l.direction() == Direction::Inbound)
+            .collect();
+        let candidates: Vec<Candidate> = inbound
+            .iter()
+            .map(|l| Candidate {
+                conn_id: l.conn_id(),
+                group: l.group(),
+                rtt_us: l.rtt_us(),
+                connected_ms: l.connected_ms(),
+            })
+            .collect();
+        let conn_id = eviction::inbound_victim(&candidates, group)?;
+        inbound
+            .iter()
+            .find(|l| l.conn_id() == conn_id)
+            .map(|l| l.node_id())
     }
 
     fn inbound_count(&self) -> usize {
@@ -164,6 +213,8 @@ mod tests {
         direction: Direction,
         dial_key: (NodeId, u16),
         last_seen_ms: u64,
+        group: IpAddr,
+        connected_ms: u64,
     }
 
     impl Peer for Fake {
@@ -185,6 +236,15 @@ mod tests {
         fn last_seen_ms(&self) -> u64 {
             self.last_seen_ms
         }
+        fn group(&self) -> IpAddr {
+            self.group
+        }
+        fn rtt_us(&self) -> u64 {
+            u64::MAX
+        }
+        fn connected_ms(&self) -> u64 {
+            self.connected_ms
+        }
     }
 
     fn lim(max_links: usize) -> Limits {
@@ -195,13 +255,16 @@ mod tests {
     }
 
     fn link(conn_id: u64, node: u64, addr: &str, key: (u64, u16)) -> Arc<Fake> {
+        let addr: SocketAddr = addr.parse().expect("addr");
         Arc::new(Fake {
             conn_id,
             node_id: NodeId(node),
-            addr: addr.parse().expect("addr"),
+            addr,
             direction: Direction::Inbound,
             dial_key: (NodeId(key.0), key.1),
             last_seen_ms: 0,
+            group: crate::state::known_addrs::net_group(addr.ip()),
+            connected_ms: conn_id,
         })
     }
 
@@ -217,7 +280,7 @@ mod tests {
         let mut t = PeerTable::default();
         assert!(matches!(t.insert(b(), lim(8), 0), Insert::Added { .. }));
         match t.insert(a(), lim(8), 0) {
-            Insert::Added { replaced } => {
+            Insert::Added { replaced, .. } => {
                 assert_eq!(replaced.len(), 1);
                 assert_eq!(replaced[0].conn_id, 2);
             }
@@ -242,7 +305,7 @@ mod tests {
         ));
         // Silent since before 1 ms: stale, replaced.
         match t.insert(link(2, 8, "127.0.0.1:9000", (8, 1)), lim(8), 1) {
-            Insert::Added { replaced } => assert_eq!(replaced[0].node_id, NodeId(7)),
+            Insert::Added { replaced, .. } => assert_eq!(replaced[0].node_id, NodeId(7)),
             _ => panic!("stale entry should be replaced"),
         }
         assert_eq!(t.len(), 1);
@@ -273,6 +336,38 @@ mod tests {
             t.insert(link(2, 2, "127.0.0.1:2", (2, 1)), limits, 0),
             Insert::Full
         ));
+    }
+
+    #[test]
+    fn full_inbound_cap_evicts_from_a_crowded_group_only() {
+        let mut t = PeerTable::default();
+        let limits = Limits {
+            max_links: 16,
+            max_inbound: 4,
+        };
+        for i in 1..=4 {
+            let addr = format!("10.0.1.{i}:1");
+            assert!(matches!(
+                t.insert(link(i, i, &addr, (i, 1)), limits, 0),
+                Insert::Added { evicted: None, .. }
+            ));
+        }
+        // Same /24 as the four: refused, nobody evicted.
+        assert!(matches!(
+            t.insert(link(5, 5, "10.0.1.9:1", (5, 1)), limits, 0),
+            Insert::Full
+        ));
+        assert_eq!(t.len(), 4);
+        // Another /24: the youngest unprotected link (conn 4) gives way.
+        match t.insert(link(6, 6, "10.0.2.1:1", (6, 1)), limits, 0) {
+            Insert::Added {
+                evicted: Some(v), ..
+            } => assert_eq!(v.conn_id, 4),
+            _ => panic!("a link of the crowded group should be evicted"),
+        }
+        assert_eq!(t.len(), 4);
+        assert!(t.get(NodeId(4)).is_none());
+        assert!(t.get(NodeId(6)).is_some());
     }
 
     #[test]

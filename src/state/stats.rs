@@ -106,6 +106,12 @@ counters! {
     duplicates_closed,
     /// Handshakes refused for a link cap or an address held by a live peer.
     refused_links,
+    /// Pending handshakes closed to admit a socket from a less represented source
+    /// group (/24, /48) while `max_pending_handshakes` were pending.
+    pending_evicted,
+    /// Inbound links closed (LEAVE, `Evicted`) to link a newcomer from a less
+    /// represented source group while the inbound cap was reached.
+    links_evicted,
     /// Connections closed during the handshake (timeout, bad or missing JOIN, wrong
     /// network or version, refusal).
     handshakes_failed,
