@@ -43,8 +43,8 @@ pub struct Config {
     pub max_inbound_links: usize,
     /// Cap on accepted connections still in their handshake. Past it, a new socket is
     /// closed at once (and counted), so idle or slow connections cannot pile up
-    /// threads, unless its source group (/24, /48) has fewer pending handshakes than
-    /// the group with the most: then the oldest of that group is closed instead
+    /// threads, unless its source group (/24, /48), counting the new socket, would
+    /// still have fewer pending handshakes than the group with the most: then the oldest of that group is closed instead
     /// (counted as `pending_evicted`), so one source cannot hold every place.
     /// Defaults to 32; a real handshake takes one round trip.
     pub max_pending_handshakes: usize,

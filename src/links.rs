@@ -698,7 +698,8 @@ impl Links {
     ///
     /// When `max_pending_handshakes` are pending already, the newcomer may take the
     /// place of the oldest pending handshake of the most represented source group
-    /// (/24, /48), if its own group has fewer pending ([`eviction::pending_victim_group`]):
+    /// (/24, /48), if its own group is less represented, i.e. would still have fewer
+    /// pending with the newcomer ([`eviction::pending_victim_group`]):
     /// that socket is shut down (its handshake fails at once) and counted in
     /// `pending_evicted`. Otherwise `None`, counted in `refused_connections`: the
     /// caller closes the socket. Never waits: a few map operations under the leaf

@@ -8,8 +8,12 @@
 //! 127.0.0.1, one /24), but when the slots are full a newcomer from a *less
 //! represented* source group (/24 for IPv4, /48 for IPv6, IPv4-mapped counted as
 //! IPv4; see `known_addrs::net_group`) takes the place of one of the most represented
-//! group. Equals never evict equals: a newcomer of the crowded group itself is refused
-//! as before.
+//! group. "Less represented" means the newcomer's group, counting the newcomer, would
+//! still have fewer than the victim's group has now (at least two fewer before): then
+//! no sequence of evictions can go back and forth between two groups (with plain
+//! "fewer", groups of 32 and 31 links could swap a link on every join, and a node with
+//! one inbound slot would give it to any other /24). Equals never evict equals: a
+//! newcomer of the crowded group itself is refused as before.
 //!
 //! Inbound links follow Bitcoin Core's `AttemptToEvictConnection`, simplified:
 //! protect the [`PROTECT_BY_RTT`] links with the lowest round trip (unmeasured counts
@@ -18,7 +22,7 @@
 //! represented groups first. Protection never covers more than half of the inbound
 //! links, so a small node (8 inbound slots) still has candidates. Of the rest, the
 //! group with the most inbound links loses its youngest link, provided the newcomer's
-//! group has fewer inbound links than that group. Bitcoin's other protections (recent
+//! group is less represented than that group (as above). Bitcoin's other protections (recent
 //! transactions and blocks, keyed-hash group choice) have no counterpart here.
 
 use std::collections::HashMap;
@@ -97,7 +101,13 @@ pub(crate) fn inbound_victim(links: &[Candidate], newcomer: IpAddr) -> Option<u6
         .iter()
         .filter_map(|c| youngest_of(c.group))
         .max_by_key(|y| (count(&y.group), y.connected_ms, y.conn_id))?;
-    (count(&newcomer) < count(&victim.group)).then_some(victim.conn_id)
+    less_represented(count(&newcomer), count(&victim.group)).then_some(victim.conn_id)
+}
+
+/// Whether a group of `mine` is less represented than one of `theirs` in the sense of
+/// the module doc: even with the newcomer it would have fewer.
+fn less_represented(mine: usize, theirs: usize) -> bool {
+    mine + 1 < theirs
 }
 
 /// One source group's pending handshakes, as the pending rule sees them.
@@ -112,7 +122,7 @@ pub(crate) struct PendingGroup {
 /// The group whose oldest pending handshake gives way to a newcomer from `newcomer`
 /// when every pending slot is taken, or `None`: the newcomer is refused. The group
 /// with the most pending handshakes (ties: the one whose oldest is oldest) loses,
-/// provided the newcomer's group has fewer.
+/// provided the newcomer's group is less represented (see the module doc).
 pub(crate) fn pending_victim_group(groups: &[PendingGroup], newcomer: IpAddr) -> Option<IpAddr> {
     let top = groups
         .iter()
@@ -121,7 +131,7 @@ pub(crate) fn pending_victim_group(groups: &[PendingGroup], newcomer: IpAddr) ->
         .iter()
         .find(|g| g.group == newcomer)
         .map_or(0, |g| g.pending);
-    (mine < top.pending).then_some(top.group)
+    less_represented(mine, top.pending).then_some(top.group)
 }
 
 #[cfg(test)]
@@ -184,7 +194,7 @@ mod tests {
             .collect();
         let v = inbound_victim(&a, ip("10.9.9.0")).expect("a victim");
         assert!(a.iter().any(|c| c.conn_id == v && c.rtt_us == 7_000));
-        // A newcomer from group B (20 links) still has fewer than A (40).
+        // A newcomer from group B (20 links, 21 with it) is still less represented.
         assert!(inbound_victim(&links, ip("10.0.2.0")).is_some());
     }
 
@@ -195,6 +205,16 @@ mod tests {
         links.extend((5..=8).map(|i| cand(i, "10.0.2.0", 50, i)));
         assert_eq!(inbound_victim(&links, ip("10.0.1.0")), None);
         assert!(inbound_victim(&links, ip("10.0.3.0")).is_some());
+        // Groups of 4 and 3: a newcomer of the 3 would make it 4, so no swap (which
+        // the other group could then undo).
+        let mut links: Vec<_> = (1..=4).map(|i| cand(i, "10.0.1.0", 50, i)).collect();
+        links.extend((5..=7).map(|i| cand(i, "10.0.2.0", 50, i)));
+        assert_eq!(inbound_victim(&links, ip("10.0.2.0")), None);
+        // One inbound slot: another /24 does not take it (0 + 1 is not below 1).
+        assert_eq!(
+            inbound_victim(&[cand(1, "10.0.1.0", 50, 1)], ip("10.0.2.0")),
+            None
+        );
     }
 
     #[test]
@@ -220,6 +240,9 @@ mod tests {
             Some(ip("10.0.1.0"))
         );
         assert_eq!(pending_victim_group(&groups, ip("10.0.1.0")), None);
+        // 2 + 1 is not below 3.
+        let groups = [g("10.0.1.0", 3, 5), g("10.0.2.0", 2, 0)];
+        assert_eq!(pending_victim_group(&groups, ip("10.0.2.0")), None);
         // One group only (127.0.0.1 in every test): never.
         assert_eq!(
             pending_victim_group(&[g("127.0.0.0", 32, 0)], ip("127.0.0.0")),
