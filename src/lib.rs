@@ -40,8 +40,9 @@
 //!    |                           broadcast/      BROADCAST, IHAVE, GRAFT, PRUNE: the tree
 //!  links.rs                    Links: the link manager (table, queueing, events, closing)
 //!    |
-//!  state/                      plain data, no locks, no sockets: peer_table, known_addrs,
-//!    |                         peer_cache, seen_cache, observed, stats (the counters)
+//!  state/                      plain data, no locks, no sockets: peer_table, eviction,
+//!    |                         known_addrs, peer_cache, seen_cache, replay, rate_limit,
+//!    |                         observed, stats (the counters)
 //!  transport/                  Stream and its halves (every byte), outbox, spawn_named
 //!
 //!  ground, importable from any layer: p2p_message, config, error, event, clock
