@@ -42,7 +42,7 @@
 //!    |
 //!  state/                      plain data, no locks, no sockets: peer_table, eviction,
 //!    |                         known_addrs, peer_cache, seen_cache, replay, rate_limit,
-//!    |                         observed, stats (the counters)
+//!    |                         observed, net, stats (the counters)
 //!  transport/                  Stream and its halves (every byte), outbox, spawn_named
 //!
 //!  ground, importable from any layer: p2p_message, config, error, event, clock

@@ -59,7 +59,7 @@ use crate::error::{Error, HandshakeError};
 use crate::event::{Direction, DownReason, Event, PeerInfo};
 use crate::p2p_message::{NodeId, P2PMessage};
 use crate::state::eviction::{self, PendingGroup};
-use crate::state::known_addrs::net_group;
+use crate::state::net::net_group;
 use crate::state::peer_table::{Insert, Limits, Peer, PeerTable};
 use crate::state::stats::{self, Stats};
 use crate::transport::outbox::{Frame, Limit, Outbox, Push};
@@ -112,7 +112,7 @@ pub(crate) struct Link {
     connected_at: Instant,
     /// Milliseconds since the node's epoch when the link was made (eviction age).
     connected_ms: u64,
-    /// The source group of `remote_ip` (`known_addrs::net_group`), for eviction.
+    /// The source group of `remote_ip` (`state::net::net_group`), for eviction.
     group: IpAddr,
     /// Milliseconds since the node's epoch when a frame last arrived.
     last_seen_ms: AtomicU64,

@@ -7,7 +7,7 @@
 //! refused while a slot is free (every test and benchmark runs many honest nodes from
 //! 127.0.0.1, one /24), but when the slots are full a newcomer from a *less
 //! represented* source group (/24 for IPv4, /48 for IPv6, IPv4-mapped counted as
-//! IPv4; see `known_addrs::net_group`) takes the place of one of the most represented
+//! IPv4; see `state::net::net_group`) takes the place of one of the most represented
 //! group. "Less represented" means the newcomer's group, counting the newcomer, would
 //! still have fewer than the victim's group has now (at least two fewer before): then
 //! no sequence of evictions can go back and forth between two groups (with plain
@@ -40,7 +40,7 @@ pub(crate) const PROTECT_BY_GROUP: usize = 4;
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Candidate {
     pub conn_id: u64,
-    /// Its source group (`known_addrs::net_group` of the socket's remote IP).
+    /// Its source group (`state::net::net_group` of the socket's remote IP).
     pub group: IpAddr,
     /// Last measured round trip in microseconds; `u64::MAX` when not measured yet.
     pub rtt_us: u64,

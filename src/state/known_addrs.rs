@@ -15,7 +15,7 @@
 //!   then the longest unseen), so a full book of healthy entries refuses newcomers. An
 //!   address that linked, or that the user typed, may replace any new entry.
 //! - **Per-source limit.** An address heard of in a PEERS list records the network
-//!   group ([`net_group`]: IPv4 /24, IPv6 /48) of the peer that sent it. At most
+//!   group (`net_group` (`state/net.rs`): IPv4 /24, IPv6 /48) of the peer that sent it. At most
 //!   [`NEW_PER_SOURCE`] new entries come from one group; more are ignored, so one peer
 //!   (or one subnet of them) cannot fill the book. An entry stops counting once tried.
 //!   Addresses the user typed and those from the peers file have no source and no limit.
@@ -31,10 +31,10 @@
 //!   forgotten; if it comes back, its node will dial us or be gossiped again.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::state::observed::canonical;
+use crate::state::net::{is_unicast, net_group};
 use crate::state::peer_cache::CachedAddr;
 
 /// Consecutive failures after which an address is forgotten.
@@ -65,7 +65,7 @@ pub struct KnownAddr {
     pub failures: u32,
     /// Earliest time of the next dial (backoff).
     pub next_attempt: Instant,
-    /// The network group ([`net_group`]) of the peer whose PEERS list first named it;
+    /// The network group (`net_group` (`state/net.rs`)) of the peer whose PEERS list first named it;
     /// `None` if the user typed it, the peers file had it, or it linked with us first.
     pub source: Option<IpAddr>,
     /// The user typed it: never rate-limited.
@@ -95,26 +95,7 @@ pub fn is_dialable(addr: &SocketAddr) -> bool {
     if addr.port() == 0 {
         return false;
     }
-    match addr.ip() {
-        IpAddr::V4(ip) => !(ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast()),
-        IpAddr::V6(ip) => !(ip.is_unspecified() || ip.is_multicast()),
-    }
-}
-
-/// The network group of `ip`: its IPv4 /24 or IPv6 /48 (an IPv4-mapped IPv6 address
-/// is its IPv4 group), as the first address of the group. Hosts of one group are
-/// likely run by one party, so limits and preferences count groups, not hosts.
-pub fn net_group(ip: IpAddr) -> IpAddr {
-    match canonical(ip) {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            IpAddr::V4(Ipv4Addr::new(o[0], o[1], o[2], 0))
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0))
-        }
-    }
+    is_unicast(addr.ip())
 }
 
 /// What [`AddrBook::learn_from`] did with an address.
@@ -540,13 +521,6 @@ mod tests {
 
     fn due(b: &mut AddrBook, now: Instant, n: usize) -> Vec<SocketAddr> {
         b.dial_candidates(now, &HashSet::new(), &HashSet::new(), n)
-    }
-
-    #[test]
-    fn net_groups_are_slash_24_and_slash_48() {
-        assert_eq!(net_group(ip("10.1.2.3")), ip("10.1.2.0"));
-        assert_eq!(net_group(ip("::ffff:10.1.2.3")), ip("10.1.2.0"));
-        assert_eq!(net_group(ip("2001:db8:1:2:3::4")), ip("2001:db8:1::"));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub(crate) mod eviction;
 pub mod known_addrs;
+pub(crate) mod net;
 pub(crate) mod observed;
 pub mod peer_cache;
 pub(crate) mod peer_table;

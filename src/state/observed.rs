@@ -22,6 +22,8 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+use crate::state::net::{canonical, is_unicast, net_group};
+
 /// Distinct network groups that must agree before an observed IP is adopted.
 pub(crate) const QUORUM: usize = 2;
 
@@ -32,40 +34,11 @@ pub(crate) const MAX_VOTES: usize = 1024;
 /// IPv4 for an IPv4 listener (an IPv6 listener on `::` takes both).
 pub(crate) fn usable(ip: IpAddr, bind: IpAddr) -> bool {
     let ip = canonical(ip);
-    let unicast = match ip {
-        IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast()),
-        IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_multicast()),
-    };
-    unicast && (bind.is_ipv6() || ip.is_ipv4())
-}
-
-/// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) as the IPv4 address it is.
-pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => ip,
-        },
-        v4 => v4,
-    }
-}
-
-/// The network group a reporter belongs to: its IPv4 /24 or IPv6 /48.
-fn group(source: IpAddr) -> [u8; 7] {
-    match canonical(source) {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            [4, o[0], o[1], o[2], 0, 0, 0]
-        }
-        IpAddr::V6(v6) => {
-            let o = v6.octets();
-            [6, o[0], o[1], o[2], o[3], o[4], o[5]]
-        }
-    }
+    is_unicast(ip) && (bind.is_ipv6() || ip.is_ipv4())
 }
 
 struct Vote {
-    group: [u8; 7],
+    group: IpAddr,
     ip: IpAddr,
     /// Order of arrival: a group's latest vote counts.
     seq: u64,
@@ -95,7 +68,7 @@ impl ObservedVotes {
         self.by_link.insert(
             conn_id,
             Vote {
-                group: group(source),
+                group: net_group(source),
                 ip: canonical(observed),
                 seq: self.next_seq,
             },
@@ -120,7 +93,7 @@ impl ObservedVotes {
 
     fn winner(&self) -> Option<IpAddr> {
         // Each group's latest vote.
-        let mut latest: HashMap<[u8; 7], &Vote> = HashMap::new();
+        let mut latest: HashMap<IpAddr, &Vote> = HashMap::new();
         for v in self.by_link.values() {
             let e = latest.entry(v.group).or_insert(v);
             if v.seq > e.seq {

@@ -26,7 +26,7 @@ pub(crate) trait Peer {
     fn dial_key(&self) -> (NodeId, u16);
     /// Milliseconds since the node's epoch when a frame last arrived.
     fn last_seen_ms(&self) -> u64;
-    /// The source group of the socket's remote IP (`known_addrs::net_group`), for
+    /// The source group of the socket's remote IP (`state::net::net_group`), for
     /// the eviction rule.
     fn group(&self) -> IpAddr;
     /// Last measured round trip in microseconds, `u64::MAX` when not measured yet.
@@ -263,7 +263,7 @@ mod tests {
             direction: Direction::Inbound,
             dial_key: (NodeId(key.0), key.1),
             last_seen_ms: 0,
-            group: crate::state::known_addrs::net_group(addr.ip()),
+            group: crate::state::net::net_group(addr.ip()),
             connected_ms: conn_id,
         })
     }
