@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::Error;
+use crate::event::Encryption;
+use crate::identity::{Identity, NetworkCa};
 use crate::p2p_message::{DEFAULT_MAX_FRAME, MAX_NETWORK_NAME};
 
 /// Settings for [`Node::start`](crate::Node::start).
@@ -181,6 +183,17 @@ pub struct Config {
     /// Stack size of every thread the node starts. Defaults to 256 KiB: the threads
     /// only decode frames and move buffers, and only touched pages cost memory.
     pub thread_stack_size: usize,
+    /// The node's key pair, which its id is derived from. Defaults to `None`: a fresh
+    /// key for this run (the `p2p-node` binary keeps one per port in a file).
+    pub identity: Option<Identity>,
+    /// TLS 1.3 on every link (the default), or plaintext (`--plaintext`, for
+    /// debugging and comparison). Broadcasts are signed either way.
+    pub encryption: Encryption,
+    /// A closed network: only peers whose certificate chains to this CA are accepted,
+    /// in both directions. Needs TLS and an identity whose certificate the CA issued
+    /// ([`Identity::with_certificate_file`]). Defaults to `None` (open network: any
+    /// node with a self-signed certificate for its key).
+    pub network_ca: Option<NetworkCa>,
 }
 
 impl Default for Config {
@@ -220,6 +233,9 @@ impl Default for Config {
             peers_file: None,
             peers_file_interval: Duration::from_secs(30),
             thread_stack_size: 256 * 1024,
+            identity: None,
+            encryption: Encryption::Tls,
+            network_ca: None,
         }
     }
 }
@@ -247,6 +263,22 @@ impl Config {
     /// Refuses combinations that cannot work, with a message naming the field.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |msg: String| Err(Error::InvalidConfig(msg));
+        if self.network_ca.is_some() {
+            if self.encryption != Encryption::Tls {
+                return bad("a closed network (network CA) needs TLS, not plaintext".into());
+            }
+            if !self
+                .identity
+                .as_ref()
+                .is_some_and(Identity::has_issued_certificate)
+            {
+                return bad(
+                    "a closed network (network CA) needs an identity with a certificate \
+                     the CA issued (--cert and --key)"
+                        .into(),
+                );
+            }
+        }
         if self.network.len() > MAX_NETWORK_NAME {
             return bad(format!(
                 "network name is {} bytes, at most {MAX_NETWORK_NAME} allowed",

@@ -6,7 +6,8 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 
-use crate::p2p_message::{DecodeError, MessageType, PROTOCOL_VERSION};
+use crate::identity::IdentityError;
+use crate::p2p_message::{DecodeError, MessageType, NodeId, PROTOCOL_VERSION};
 
 /// Errors of the [`Node`](crate::Node) API. More may come: match with a `_` arm.
 #[derive(Debug)]
@@ -62,6 +63,9 @@ pub enum Error {
         /// `Config::max_connections`.
         max: usize,
     },
+    /// The identity key, certificate or network CA file is missing, unreadable or
+    /// wrong.
+    Identity(IdentityError),
 }
 
 impl fmt::Display for Error {
@@ -88,6 +92,7 @@ impl fmt::Display for Error {
                 f,
                 "{max} connections open, the most this node allows: dial not started"
             ),
+            Error::Identity(e) => write!(f, "{e}"),
         }
     }
 }
@@ -98,6 +103,7 @@ impl std::error::Error for Error {
             Error::Bind { source, .. } | Error::Connect { source, .. } => Some(source),
             Error::Thread(e) => Some(e),
             Error::Handshake { reason, .. } => Some(reason),
+            Error::Identity(e) => Some(e),
             _ => None,
         }
     }
@@ -152,6 +158,29 @@ pub enum HandshakeError {
     /// Another dial of the same address was already running, and it did not end in a
     /// link.
     ConcurrentDialFailed,
+    /// The TLS handshake failed: a certificate refused (ours or theirs: not
+    /// self-signed or not from the network CA, expired, another node than expected,
+    /// not Ed25519), an alert, or a record that is not TLS. The text is rustls's.
+    Tls(String),
+    /// The TLS handshake did not complete within the handshake timeout (milliseconds).
+    TlsTimeout {
+        /// The handshake timeout, in milliseconds.
+        ms: u128,
+    },
+    /// This node runs TLS and the peer spoke plaintext (its first bytes were no TLS
+    /// record).
+    PeerPlaintext,
+    /// This node runs plaintext (`--plaintext`) and the peer spoke TLS.
+    PeerTls,
+    /// The JOIN claims another node id than the one the peer's certificate proves.
+    IdMismatch {
+        /// The id in the JOIN.
+        claimed: NodeId,
+        /// The id of the certificate's key.
+        proven: NodeId,
+    },
+    /// The TLS session could not be set up on our side.
+    TlsSetup(String),
 }
 
 impl fmt::Display for HandshakeError {
@@ -185,6 +214,23 @@ impl fmt::Display for HandshakeError {
             HandshakeError::ConcurrentDialFailed => {
                 f.write_str("the concurrent dial did not produce a link")
             }
+            HandshakeError::Tls(e) => write!(f, "TLS handshake refused: {e}"),
+            HandshakeError::TlsTimeout { ms } => {
+                write!(f, "TLS handshake not done within {ms} ms")
+            }
+            HandshakeError::PeerPlaintext => f.write_str(
+                "peer speaks plaintext, this node TLS: start both with or both without \
+                 --plaintext",
+            ),
+            HandshakeError::PeerTls => f.write_str(
+                "peer speaks TLS, this node runs --plaintext: start both with or both \
+                 without --plaintext",
+            ),
+            HandshakeError::IdMismatch { claimed, proven } => write!(
+                f,
+                "JOIN claims node id {claimed} but the certificate proves {proven}"
+            ),
+            HandshakeError::TlsSetup(e) => write!(f, "cannot set up TLS: {e}"),
         }
     }
 }

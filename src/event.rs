@@ -29,6 +29,26 @@ impl Direction {
     }
 }
 
+/// How a link's bytes travel: what `peers` prints as `enc=`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Encryption {
+    /// TLS 1.3, both ends authenticated by certificate; the node id is proven.
+    Tls,
+    /// Unencrypted (`--plaintext`): for debugging and comparison only; the node id is
+    /// a claim.
+    Plain,
+}
+
+impl Encryption {
+    /// `"tls"` or `"plain"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encryption::Tls => "tls",
+            Encryption::Plain => "plain",
+        }
+    }
+}
+
 /// A snapshot of one link, copied out of the peer table so no lock is held while the
 /// caller looks at it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +64,9 @@ pub struct PeerInfo {
     pub rtt: Option<Duration>,
     /// Time since the handshake completed.
     pub connected_for: Duration,
+    /// How the link is carried. With [`Encryption::Tls`], `node_id` is the id proven
+    /// by the peer's certificate.
+    pub encryption: Encryption,
 }
 
 /// Something that happened on the overlay, in the order the node saw it. More kinds

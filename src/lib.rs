@@ -93,6 +93,7 @@ mod clock;
 mod config;
 mod error;
 mod event;
+pub mod identity;
 mod links;
 mod maintenance;
 mod node;
@@ -106,7 +107,8 @@ mod transport;
 
 pub use config::Config;
 pub use error::{Error, HandshakeError};
-pub use event::{Direction, DownReason, Event, PeerInfo};
+pub use event::{Direction, DownReason, Encryption, Event, PeerInfo};
+pub use identity::{Identity, IdentityError, NetworkCa};
 pub use node::{resolve_peer_addr, Node, NodeInfo};
 pub use p2p_message::{MessageType, NodeId, P2PMessage};
 pub use state::known_addrs::{self, KnownAddr};

@@ -56,7 +56,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::{Error, HandshakeError};
-use crate::event::{Direction, DownReason, Event, PeerInfo};
+use crate::event::{Direction, DownReason, Encryption, Event, PeerInfo};
 use crate::p2p_message::{NodeId, P2PMessage};
 use crate::state::eviction::{self, PendingGroup};
 use crate::state::net::net_group;
@@ -103,8 +103,10 @@ pub(crate) struct Link {
     /// advertise another IP for `addr`).
     remote_ip: IpAddr,
     direction: Direction,
-    /// The dialler's id and source port: orders duplicate connections.
-    dial_key: (NodeId, u16),
+    /// The id of the node that dialled: orders duplicate connections.
+    dialler: NodeId,
+    /// TLS or plaintext.
+    encryption: Encryption,
     /// Outbound frames and the stream's write half.
     outbox: Arc<Outbox>,
     /// Shuts the stream down from any thread.
@@ -131,7 +133,8 @@ pub(crate) struct LinkId {
     /// The socket's remote IP.
     pub remote_ip: IpAddr,
     pub direction: Direction,
-    pub dial_key: (NodeId, u16),
+    pub dialler: NodeId,
+    pub encryption: Encryption,
 }
 
 impl Link {
@@ -142,7 +145,8 @@ impl Link {
             addr: id.addr,
             remote_ip: id.remote_ip,
             direction: id.direction,
-            dial_key: id.dial_key,
+            dialler: id.dialler,
+            encryption: id.encryption,
             outbox,
             closer,
             connected_at: Instant::now(),
@@ -220,6 +224,7 @@ impl Link {
             direction: self.direction,
             rtt,
             connected_for: self.connected_at.elapsed(),
+            encryption: self.encryption,
         }
     }
 
@@ -245,8 +250,8 @@ impl Peer for Link {
     fn direction(&self) -> Direction {
         self.direction
     }
-    fn dial_key(&self) -> (NodeId, u16) {
-        self.dial_key
+    fn dialler(&self) -> NodeId {
+        self.dialler
     }
     fn last_seen_ms(&self) -> u64 {
         self.last_seen_ms.load(Ordering::Relaxed)
@@ -1365,6 +1370,7 @@ mod tests {
             direction: Direction::Inbound,
             rtt: None,
             connected_for: Duration::ZERO,
+            encryption: Encryption::Tls,
         })
     }
 

@@ -85,7 +85,11 @@ pub(crate) fn dial_more(shared: &Arc<Shared>, factory: &PeerConnectionFactory) {
             continue;
         }
         log::debug!("dialing {addr}");
-        match factory.dial(Dial { addr, waiter: None }) {
+        match factory.dial(Dial {
+            addr,
+            expect: None,
+            waiter: None,
+        }) {
             Ok(()) => {}
             Err(e @ Error::TooManyConnections { .. }) => {
                 log::debug!("dial {addr} not started: {e}");

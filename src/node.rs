@@ -20,7 +20,8 @@ use parking_lot::Mutex;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::{Error, HandshakeError};
-use crate::event::{DownReason, Event, PeerInfo};
+use crate::event::{DownReason, Encryption, Event, PeerInfo};
+use crate::identity::Identity;
 use crate::links::{DialClaim, Links};
 use crate::maintenance;
 use crate::p2p_message::{NodeId, P2PMessage};
@@ -32,6 +33,7 @@ use crate::state::known_addrs::{is_dialable, KnownAddr};
 use crate::state::stats::Counters;
 use crate::transport::outbox::Frame;
 use crate::transport::thread::spawn_named;
+use crate::transport::tls::TlsContext;
 use crate::transport::wake_listener;
 
 /// A running overlay node. Cheap to share between threads (`Send + Sync`); dropping it
@@ -103,11 +105,21 @@ impl Node {
         let local_addr = listener
             .local_addr()
             .map_err(|source| Error::Bind { addr: want, source })?;
+        let identity = config.identity.clone().unwrap_or_else(Identity::generate);
+        let tls = match config.encryption {
+            Encryption::Tls => Some(
+                TlsContext::new(&identity, config.network_ca.as_ref())
+                    .map_err(Error::InvalidConfig)?,
+            ),
+            Encryption::Plain => None,
+        };
         let config = Arc::new(config);
-        let id = NodeId::random();
+        let id = identity.node_id();
         let (links, events, wake) = Links::new(Arc::clone(&config), Clock::start());
         let shared = Arc::new(Shared {
             id,
+            identity,
+            tls,
             local_addr,
             links,
             protocols: Protocols::new(&config, id, local_addr),
@@ -206,6 +218,7 @@ impl Node {
                 let (tx, rx) = bounded(1);
                 let factory = PeerConnectionFactory::new(Arc::clone(shared));
                 factory.dial(Dial {
+                    expect: None,
                     addr,
                     waiter: Some(tx),
                 })?;

@@ -4,9 +4,12 @@
 //! The C++ `run()` read one line, printed it and returned, closing the connection. Here
 //! `run()` owns the connection's [`Stream`] for its whole life:
 //!
-//! 1. **Handshake.** Send our JOIN, read theirs, both within the handshake timeout;
-//!    any other first frame, a JOIN that breaks membership's rules, or our own node
-//!    id (we dialled ourselves) ends the connection.
+//! 1. **Handshake.** TLS 1.3 first (unless the node runs `--plaintext`): each side's
+//!    certificate proves its node id, and a dial that knows the id it expects checks
+//!    it there. Then send our JOIN, read theirs, all within the handshake timeout;
+//!    any other first frame, a JOIN whose id is not the proven one, a JOIN that
+//!    breaks membership's rules, or our own node id (we dialled ourselves) ends the
+//!    connection.
 //! 2. **Register.** [`Links::register`](crate::links::Links::register) adds the link
 //!    to the peer table, which keeps one link per pair of nodes; a losing duplicate
 //!    is retired (or closed at once past the retiring bound), a connection refused
@@ -30,16 +33,17 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::error::{Error, HandshakeError};
-use crate::event::{Direction, DownReason, PeerInfo};
+use crate::event::{Direction, DownReason, Encryption, PeerInfo};
 use crate::links::{ConnSlot, Link, LinkId, PendingSlot, Register};
 use crate::p2p_message::{
-    read_frame, read_frame_buffered, DecodeError, Join, P2PMessage, MAX_JOIN_FRAME,
+    read_frame, read_frame_buffered, DecodeError, Join, NodeId, P2PMessage, MAX_JOIN_FRAME,
 };
 use crate::protocol::membership::JoinCheck;
 use crate::protocol::{Flow, InboundLimits};
 use crate::shared::Shared;
 use crate::transport::outbox::Outbox;
 use crate::transport::thread::spawn_named;
+use crate::transport::tls::HandshakeFailure;
 use crate::transport::{ReadHalf, Stream, WriteHalf};
 
 /// Read buffer per link: one `read` call brings in hundreds of small frames. Pages
@@ -56,6 +60,9 @@ pub(crate) type DialWaiter = Sender<Result<PeerInfo, Error>>;
 /// the outcome.
 pub(crate) struct Dial {
     pub(crate) addr: SocketAddr,
+    /// The node id known to listen at `addr` (address book, peer cache): checked
+    /// inside the TLS certificate verification, before our JOIN is sent.
+    pub(crate) expect: Option<NodeId>,
     pub(crate) waiter: Option<DialWaiter>,
 }
 
@@ -155,6 +162,7 @@ impl PeerConnection {
         let timeout = links.config().handshake_timeout;
         let deadline = Instant::now() + timeout;
         self.stream.set_nodelay();
+        self.secure(deadline).map_err(fail)?;
         let writer = self.stream.writer();
         writer
             .set_write_timeout(Some(timeout))
@@ -170,21 +178,29 @@ impl PeerConnection {
             deadline,
         };
         let max = MAX_JOIN_FRAME.min(links.config().max_frame);
-        let frame = match read_frame(&mut reader, max) {
+        let frame = match read_join_frame(&mut reader, max, self.stream.is_tls()) {
             Ok(Some(f)) => f,
             Ok(None) => return Err(fail(HandshakeError::ClosedEarly)),
-            Err(DecodeError::Io(e)) if is_timeout(&e) => {
+            Err(HandshakeError::Timeout { .. }) => {
                 return Err(fail(HandshakeError::Timeout {
                     ms: timeout.as_millis(),
                 }))
             }
-            Err(e) => return Err(fail(HandshakeError::BadFrame(e))),
+            Err(e) => return Err(fail(e)),
         };
         let join = match P2PMessage::decode(&frame) {
             Ok(P2PMessage::Join(j)) => j,
             Ok(other) => return Err(fail(HandshakeError::NotJoin(other.message_type()))),
             Err(e) => return Err(fail(HandshakeError::BadFrame(e))),
         };
+        if let Some(proven) = self.stream.peer_id() {
+            if join.node_id != proven {
+                return Err(fail(HandshakeError::IdMismatch {
+                    claimed: join.node_id,
+                    proven,
+                }));
+            }
+        }
         match membership.check_join(&join).map_err(fail)? {
             JoinCheck::Accept => Ok(join),
             JoinCheck::OwnId => {
@@ -194,6 +210,33 @@ impl PeerConnection {
         }
     }
 
+    /// Runs the TLS handshake first, unless the node runs plaintext. A dial that knows
+    /// the id at its address has the certificate checked against it.
+    fn secure(&self, deadline: Instant) -> Result<(), HandshakeError> {
+        let Some(tls) = &self.shared.tls else {
+            return Ok(());
+        };
+        let session = match self.direction {
+            Direction::Outbound => {
+                let expect = self.dial.as_ref().and_then(|d| d.expect);
+                tls.client(self.remote.ip(), expect)
+            }
+            Direction::Inbound => tls.server(),
+        }
+        .map_err(HandshakeError::TlsSetup)?;
+        self.stream
+            .start_tls(session, deadline)
+            .map_err(|f| match f {
+                HandshakeFailure::Timeout => HandshakeError::TlsTimeout {
+                    ms: self.shared.links.config().handshake_timeout.as_millis(),
+                },
+                HandshakeFailure::Closed => HandshakeError::ClosedEarly,
+                HandshakeFailure::NotTls => HandshakeError::PeerPlaintext,
+                HandshakeFailure::Io(e) => HandshakeError::Send(e),
+                HandshakeFailure::Tls(e) => HandshakeError::Tls(e.to_string()),
+            })
+    }
+
     fn run_link(&mut self, join: Join) {
         let direction = self.direction;
         let shared = Arc::clone(&self.shared);
@@ -201,11 +244,15 @@ impl PeerConnection {
         let protocols = &shared.protocols;
         let ip = join.advertise.unwrap_or(self.remote.ip());
         let addr = SocketAddr::new(ip, join.listen_port);
-        // Both ends must compute the same key for this connection: the dialler's id
-        // and the dialler's source port.
-        let dial_key = match direction {
-            Direction::Outbound => (shared.id, self.local_port()),
-            Direction::Inbound => (join.node_id, self.remote.port()),
+        // Both ends know alike who dialled (see `PeerTable::insert`).
+        let dialler = match direction {
+            Direction::Outbound => shared.id,
+            Direction::Inbound => join.node_id,
+        };
+        let encryption = if self.stream.is_tls() {
+            Encryption::Tls
+        } else {
+            Encryption::Plain
         };
         let outbox = Arc::new(Outbox::new(
             self.stream.writer(),
@@ -219,7 +266,8 @@ impl PeerConnection {
             addr,
             remote_ip: self.remote.ip(),
             direction,
-            dial_key,
+            dialler,
+            encryption,
         };
         let link = Arc::new(Link::new(
             id,
@@ -388,7 +436,7 @@ impl PeerConnection {
     /// Reports the handshake outcome to a waiting `connect_to_peer` and updates the
     /// address book and the dial registry for dials. Runs once.
     fn finish_dial(&mut self, result: Result<PeerInfo, Error>) {
-        let Some(Dial { addr, waiter }) = self.dial.take() else {
+        let Some(Dial { addr, waiter, .. }) = self.dial.take() else {
             return;
         };
         let shared = &self.shared;
@@ -402,9 +450,42 @@ impl PeerConnection {
             let _ = w.send(result);
         }
     }
+}
 
-    fn local_port(&self) -> u16 {
-        self.stream.local_addr().map(|a| a.port()).unwrap_or(0)
+/// Reads the peer's first frame, its JOIN. A plaintext node that gets a TLS record
+/// instead (a ClientHello, or the alert a TLS node answers a plaintext JOIN with)
+/// says so at once rather than reading it as a huge length.
+fn read_join_frame<R: Read>(
+    reader: &mut R,
+    max: u32,
+    tls: bool,
+) -> Result<Option<Vec<u8>>, HandshakeError> {
+    let mut head = [0u8; 3];
+    let mut got = 0;
+    while got < head.len() {
+        match reader.read(&mut head[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(frame_error(DecodeError::Io(e))),
+        }
+    }
+    // A TLS record: content type 0x15 (alert) or 0x16 (handshake), version 3.x.
+    if !tls && got >= 2 && matches!(head[0], 0x15 | 0x16) && head[1] == 0x03 {
+        return Err(HandshakeError::PeerTls);
+    }
+    let mut chained = (&head[..got]).chain(reader);
+    match read_frame(&mut chained, max) {
+        Ok(f) => Ok(f),
+        Err(e) => Err(frame_error(e)),
+    }
+}
+
+fn frame_error(e: DecodeError) -> HandshakeError {
+    match e {
+        DecodeError::Io(e) if is_timeout(&e) => HandshakeError::Timeout { ms: 0 },
+        e => HandshakeError::BadFrame(e),
     }
 }
 

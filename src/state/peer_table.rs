@@ -22,8 +22,9 @@ pub(crate) trait Peer {
     /// The peer's listen address.
     fn addr(&self) -> SocketAddr;
     fn direction(&self) -> Direction;
-    /// Orders duplicate connections between the same pair; see [`PeerTable::insert`].
-    fn dial_key(&self) -> (NodeId, u16);
+    /// The id of the node that dialled this connection: orders duplicate connections
+    /// between the same pair; see [`PeerTable::insert`].
+    fn dialler(&self) -> NodeId;
     /// Milliseconds since the node's epoch when a frame last arrived.
     fn last_seen_ms(&self) -> u64;
     /// The source group of the socket's remote IP (`state::net::net_group`), for
@@ -80,10 +81,13 @@ impl<L> Default for PeerTable<L> {
 impl<L: Peer> PeerTable<L> {
     /// Adds a link that finished its handshake, keeping one link per pair of nodes.
     ///
-    /// When two connections join the same pair (both dialled at once, or a dial
-    /// repeated), each side keeps the one with the smaller `dial_key`, the dialler's
-    /// id and source port, which both ends know alike, so both keep the *same* TCP
-    /// connection whatever order their handshakes finished in.
+    /// When two connections join the same pair, each side keeps the one the node with
+    /// the smaller id dialled, which both ends know alike, so both keep the *same*
+    /// TCP connection whatever order their handshakes finished in. When the same node
+    /// dialled both (a dial repeated, a restart), the link already in the table stays:
+    /// nothing the peer chooses (such as its source port, which decided this before)
+    /// lets a new connection displace a live link. A stale one goes with the heartbeat
+    /// timeout, and the next connection takes its place.
     ///
     /// A link of another node id on the same listen address is replaced only when it
     /// has been silent since `stale_before_ms` (the node restarted with a new id and
@@ -102,7 +106,7 @@ impl<L: Peer> PeerTable<L> {
         let mut replaced = Vec::new();
         let mut victim = None;
         if let Some(old) = self.links.get(&link.node_id()) {
-            if old.dial_key() <= link.dial_key() {
+            if old.dialler() <= link.dialler() {
                 return Insert::Kept(Arc::clone(old));
             }
             replaced.push(Arc::clone(old));
@@ -211,7 +215,7 @@ mod tests {
         node_id: NodeId,
         addr: SocketAddr,
         direction: Direction,
-        dial_key: (NodeId, u16),
+        dialler: NodeId,
         last_seen_ms: u64,
         group: IpAddr,
         connected_ms: u64,
@@ -230,8 +234,8 @@ mod tests {
         fn direction(&self) -> Direction {
             self.direction
         }
-        fn dial_key(&self) -> (NodeId, u16) {
-            self.dial_key
+        fn dialler(&self) -> NodeId {
+            self.dialler
         }
         fn last_seen_ms(&self) -> u64 {
             self.last_seen_ms
@@ -254,14 +258,14 @@ mod tests {
         }
     }
 
-    fn link(conn_id: u64, node: u64, addr: &str, key: (u64, u16)) -> Arc<Fake> {
+    fn link(conn_id: u64, node: u64, addr: &str, dialler: u64) -> Arc<Fake> {
         let addr: SocketAddr = addr.parse().expect("addr");
         Arc::new(Fake {
             conn_id,
             node_id: NodeId(node),
             addr,
             direction: Direction::Inbound,
-            dial_key: (NodeId(key.0), key.1),
+            dialler: NodeId(dialler),
             last_seen_ms: 0,
             group: crate::state::net::net_group(addr.ip()),
             connected_ms: conn_id,
@@ -269,9 +273,9 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_connection_keeps_smaller_dial_key_in_any_order() {
-        let a = || link(1, 7, "127.0.0.1:9000", (3, 5000));
-        let b = || link(2, 7, "127.0.0.1:9000", (7, 4000));
+    fn duplicate_connection_keeps_the_smaller_diallers_in_any_order() {
+        let a = || link(1, 7, "127.0.0.1:9000", 3);
+        let b = || link(2, 7, "127.0.0.1:9000", 7);
         // a first, then b: b loses.
         let mut t = PeerTable::default();
         assert!(matches!(t.insert(a(), lim(8), 0), Insert::Added { .. }));
@@ -291,20 +295,33 @@ mod tests {
     }
 
     #[test]
+    fn a_second_connection_from_the_same_dialler_never_displaces_the_live_one() {
+        // Before, the lower source port won, and the peer picks its source port.
+        let first = link(1, 7, "127.0.0.1:9000", 7);
+        let mut t = PeerTable::default();
+        assert!(matches!(t.insert(first, lim(8), 0), Insert::Added { .. }));
+        for conn in 2..5 {
+            let again = link(conn, 7, "127.0.0.1:9000", 7);
+            assert!(matches!(t.insert(again, lim(8), 0), Insert::Kept(l) if l.conn_id == 1));
+        }
+        assert_eq!(t.get(NodeId(7)).map(|l| l.conn_id), Some(1));
+    }
+
+    #[test]
     fn new_node_on_same_address_replaces_stale_entry() {
         let mut t = PeerTable::default();
         assert!(matches!(
-            t.insert(link(1, 7, "127.0.0.1:9000", (7, 1)), lim(8), 0),
+            t.insert(link(1, 7, "127.0.0.1:9000", 7), lim(8), 0),
             Insert::Added { .. }
         ));
         // Node 7 was last heard of at 0 ms; with "stale before 0" it still counts as
         // alive and keeps its address against a newcomer's claim.
         assert!(matches!(
-            t.insert(link(2, 8, "127.0.0.1:9000", (8, 1)), lim(8), 0),
+            t.insert(link(2, 8, "127.0.0.1:9000", 8), lim(8), 0),
             Insert::AddressTaken
         ));
         // Silent since before 1 ms: stale, replaced.
-        match t.insert(link(2, 8, "127.0.0.1:9000", (8, 1)), lim(8), 1) {
+        match t.insert(link(2, 8, "127.0.0.1:9000", 8), lim(8), 1) {
             Insert::Added { replaced, .. } => assert_eq!(replaced[0].node_id, NodeId(7)),
             _ => panic!("stale entry should be replaced"),
         }
@@ -315,7 +332,7 @@ mod tests {
     #[test]
     fn removal_only_by_current_connection() {
         let mut t = PeerTable::default();
-        t.insert(link(1, 7, "127.0.0.1:9000", (7, 1)), lim(8), 0);
+        t.insert(link(1, 7, "127.0.0.1:9000", 7), lim(8), 0);
         assert!(
             t.remove(NodeId(7), 99).is_none(),
             "old duplicate must not remove"
@@ -331,9 +348,9 @@ mod tests {
             max_links: 8,
             max_inbound: 1,
         };
-        t.insert(link(1, 1, "127.0.0.1:1", (1, 1)), limits, 0);
+        t.insert(link(1, 1, "127.0.0.1:1", 1), limits, 0);
         assert!(matches!(
-            t.insert(link(2, 2, "127.0.0.1:2", (2, 1)), limits, 0),
+            t.insert(link(2, 2, "127.0.0.1:2", 2), limits, 0),
             Insert::Full
         ));
     }
@@ -348,18 +365,18 @@ mod tests {
         for i in 1..=4 {
             let addr = format!("10.0.1.{i}:1");
             assert!(matches!(
-                t.insert(link(i, i, &addr, (i, 1)), limits, 0),
+                t.insert(link(i, i, &addr, i), limits, 0),
                 Insert::Added { evicted: None, .. }
             ));
         }
         // Same /24 as the four: refused, nobody evicted.
         assert!(matches!(
-            t.insert(link(5, 5, "10.0.1.9:1", (5, 1)), limits, 0),
+            t.insert(link(5, 5, "10.0.1.9:1", 5), limits, 0),
             Insert::Full
         ));
         assert_eq!(t.len(), 4);
         // Another /24: the youngest unprotected link (conn 4) gives way.
-        match t.insert(link(6, 6, "10.0.2.1:1", (6, 1)), limits, 0) {
+        match t.insert(link(6, 6, "10.0.2.1:1", 6), limits, 0) {
             Insert::Added {
                 evicted: Some(v), ..
             } => assert_eq!(v.conn_id, 4),
@@ -373,9 +390,9 @@ mod tests {
     #[test]
     fn max_links_is_enforced() {
         let mut t = PeerTable::default();
-        t.insert(link(1, 1, "127.0.0.1:1", (1, 1)), lim(1), 0);
+        t.insert(link(1, 1, "127.0.0.1:1", 1), lim(1), 0);
         assert!(matches!(
-            t.insert(link(2, 2, "127.0.0.1:2", (2, 1)), lim(1), 0),
+            t.insert(link(2, 2, "127.0.0.1:2", 2), lim(1), 0),
             Insert::Full
         ));
     }

@@ -8,39 +8,75 @@
 //! this crate before) cloned the socket up to four times per connection instead;
 //! here the halves share one descriptor, so a connection costs one.
 //!
-//! Today a stream is a TCP socket. A TLS session or a relayed circuit becomes another
-//! variant of `Inner`, with the same halves: the protocols above do not change. For
-//! TLS the halves keep only the session state under a lock and do the socket I/O
-//! outside it (a blocked reader must never hold what a writer needs).
+//! A stream is a TCP socket, and after [`Stream::start_tls`] a TLS 1.3 session over
+//! it ([`tls`]), with the same halves: the protocols above do not change. For TLS the
+//! halves keep only the session state under a lock and do the socket I/O outside it
+//! (a blocked reader must never hold what a writer needs).
 //!
 //! This module imports nothing from the layers above it.
 
 pub(crate) mod outbox;
 pub(crate) mod thread;
+pub(crate) mod tls;
 
 use std::io::{self, BufRead, BufReader, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use socket2::SockRef;
+
+use crate::p2p_message::NodeId;
+use tls::{HandshakeFailure, Session};
 
 /// A connection's byte stream, owned by its connection; see the module docs.
 pub(crate) struct Stream {
     inner: Arc<Inner>,
 }
 
-/// What a stream runs over.
-enum Inner {
-    Tcp(TcpStream),
+/// What a stream runs over: a socket, and a TLS session on it once one is started.
+struct Inner {
+    sock: TcpStream,
+    tls: OnceLock<Session>,
 }
 
 impl Stream {
     /// A stream over an accepted or dialled TCP socket.
     pub(crate) fn tcp(socket: TcpStream) -> Stream {
         Stream {
-            inner: Arc::new(Inner::Tcp(socket)),
+            inner: Arc::new(Inner {
+                sock: socket,
+                tls: OnceLock::new(),
+            }),
         }
+    }
+
+    /// Runs a TLS handshake over the socket (before anything else was sent on it);
+    /// from then on every byte through the halves is encrypted.
+    pub(crate) fn start_tls(
+        &self,
+        session: Session,
+        deadline: Instant,
+    ) -> Result<(), HandshakeFailure> {
+        if self.inner.tls.set(session).is_err() {
+            return Err(HandshakeFailure::Io(io::Error::other(
+                "TLS already started",
+            )));
+        }
+        match self.inner.tls.get() {
+            Some(s) => s.handshake(&self.inner.sock, deadline),
+            None => Err(HandshakeFailure::Io(io::Error::other("no TLS session"))),
+        }
+    }
+
+    /// The node id the peer's certificate proved; `None` on a plaintext stream.
+    pub(crate) fn peer_id(&self) -> Option<NodeId> {
+        self.inner.tls.get().and_then(Session::peer_id)
+    }
+
+    /// Whether the stream runs TLS.
+    pub(crate) fn is_tls(&self) -> bool {
+        self.inner.tls.get().is_some()
     }
 
     /// Dials `addr`, giving up after `timeout`.
@@ -49,19 +85,14 @@ impl Stream {
     }
 
     /// Our end's socket address.
+    #[allow(dead_code)]
     pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
-        match &*self.inner {
-            Inner::Tcp(s) => s.local_addr(),
-        }
+        self.inner.sock.local_addr()
     }
 
     /// Small frames (PING, a short DATA) go out at once instead of waiting for an ACK.
     pub(crate) fn set_nodelay(&self) {
-        match &*self.inner {
-            Inner::Tcp(s) => {
-                let _ = s.set_nodelay(true);
-            }
-        }
+        let _ = self.inner.sock.set_nodelay(true);
     }
 
     /// The reading side, for the handshake and then the reader loop.
@@ -93,11 +124,12 @@ impl Stream {
 
 impl Inner {
     fn shutdown(&self, how: Shutdown) {
-        match self {
-            Inner::Tcp(s) => {
-                let _ = s.shutdown(how);
+        if how == Shutdown::Write {
+            if let Some(t) = self.tls.get() {
+                t.close_notify(|b| try_send_raw(&self.sock, b));
             }
         }
+        let _ = self.sock.shutdown(how);
     }
 }
 
@@ -109,17 +141,16 @@ pub(crate) struct ReadHalf {
 impl ReadHalf {
     /// Bounds each blocking `read` (`None`: wait forever).
     pub(crate) fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        match &*self.inner {
-            Inner::Tcp(s) => s.set_read_timeout(t),
-        }
+        self.inner.sock.set_read_timeout(t)
     }
 }
 
 impl Read for ReadHalf {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match &*self.inner {
-            Inner::Tcp(s) => {
-                let mut s: &TcpStream = s;
+        match self.inner.tls.get() {
+            Some(t) => t.read(&self.inner.sock, buf),
+            None => {
+                let mut s: &TcpStream = &self.inner.sock;
                 s.read(buf)
             }
         }
@@ -134,40 +165,63 @@ impl ReadHalf {
     /// `BufReader` over `ReadHalf` itself would zero the whole buffer first, because
     /// only std's own stream types can read into uninitialised memory on stable
     /// Rust: +52 KiB resident per link, measured.)
+    ///
+    /// A TLS stream gets a plaintext buffer of at most [`TLS_PLAIN_BUF`]: rustls
+    /// hands out at most one record (16 KiB) per read anyway.
     pub(crate) fn buffered(&self, capacity: usize) -> BufferedReader<'_> {
-        match &*self.inner {
-            Inner::Tcp(s) => BufferedReader {
-                inner: BufReader::with_capacity(capacity, s),
-            },
+        match self.inner.tls.get() {
+            None => BufferedReader::Tcp(BufReader::with_capacity(capacity, &self.inner.sock)),
+            Some(_) => BufferedReader::Tls(BufReader::with_capacity(
+                capacity.min(TLS_PLAIN_BUF),
+                ReadHalf {
+                    inner: Arc::clone(&self.inner),
+                },
+            )),
         }
     }
 }
 
+/// Plaintext buffer of a TLS stream's reader loop.
+const TLS_PLAIN_BUF: usize = 16 * 1024;
+
 /// What [`ReadHalf::buffered`] returns: the reader loop's view of the stream.
-pub(crate) struct BufferedReader<'a> {
-    inner: BufReader<&'a TcpStream>,
+pub(crate) enum BufferedReader<'a> {
+    Tcp(BufReader<&'a TcpStream>),
+    Tls(BufReader<ReadHalf>),
 }
 
 impl BufferedReader<'_> {
     /// Whether the next frame needs a socket read (nothing buffered).
     pub(crate) fn is_drained(&self) -> bool {
-        self.inner.buffer().is_empty()
+        match self {
+            BufferedReader::Tcp(b) => b.buffer().is_empty(),
+            BufferedReader::Tls(b) => b.buffer().is_empty(),
+        }
     }
 }
 
 impl Read for BufferedReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf)
+        match self {
+            BufferedReader::Tcp(b) => b.read(buf),
+            BufferedReader::Tls(b) => b.read(buf),
+        }
     }
 }
 
 impl BufRead for BufferedReader<'_> {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        self.inner.fill_buf()
+        match self {
+            BufferedReader::Tcp(b) => b.fill_buf(),
+            BufferedReader::Tls(b) => b.fill_buf(),
+        }
     }
 
     fn consume(&mut self, n: usize) {
-        self.inner.consume(n)
+        match self {
+            BufferedReader::Tcp(b) => b.consume(n),
+            BufferedReader::Tls(b) => b.consume(n),
+        }
     }
 }
 
@@ -179,23 +233,30 @@ pub(crate) struct WriteHalf {
 impl WriteHalf {
     /// Bounds each blocking send (`None`: wait forever).
     pub(crate) fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        match &*self.inner {
-            Inner::Tcp(s) => s.set_write_timeout(t),
-        }
+        self.inner.sock.set_write_timeout(t)
     }
 
     /// Sends all of `buf`, blocking as long as the peer does not read (up to the write
     /// timeout).
-    pub(crate) fn send_all(&self, mut buf: &[u8]) -> io::Result<()> {
-        while !buf.is_empty() {
-            match self.send_with(buf, SEND_FLAGS) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => buf = &buf[n..],
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+    pub(crate) fn send_all(&self, buf: &[u8]) -> io::Result<()> {
+        match self.inner.tls.get() {
+            Some(t) => t.send_all(&self.inner.sock, buf),
+            None => send_all_raw(&self.inner.sock, buf),
         }
-        Ok(())
+    }
+
+    /// Whether a direct send left ciphertext behind (TLS only) that
+    /// [`WriteHalf::flush`] must send.
+    pub(crate) fn has_unsent(&self) -> bool {
+        self.inner.tls.get().is_some_and(Session::has_unsent)
+    }
+
+    /// Sends what a direct send left behind, blocking (nothing on plain TCP).
+    pub(crate) fn flush(&self) -> io::Result<()> {
+        match self.inner.tls.get() {
+            Some(t) => t.flush(&self.inner.sock),
+            None => Ok(()),
+        }
     }
 
     /// Whether [`WriteHalf::try_send`] can send without blocking on this platform.
@@ -205,17 +266,17 @@ impl WriteHalf {
 
     /// Sends what the socket takes at once, never blocking: `Ok(0)` when it takes
     /// nothing (its buffer is full), or when [`WriteHalf::can_try_send`] is false.
+    ///
+    /// On TLS the frame is encrypted whole, so it is either taken whole (`buf.len()`,
+    /// the ciphertext the socket did not take waits for [`WriteHalf::flush`]) or not
+    /// at all.
     pub(crate) fn try_send(&self, buf: &[u8]) -> io::Result<usize> {
-        let Some(flags) = DIRECT_FLAGS else {
+        if DIRECT_FLAGS.is_none() {
             return Ok(0);
-        };
-        loop {
-            match self.send_with(buf, flags) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
-                Err(e) => return Err(e),
-            }
+        }
+        match self.inner.tls.get() {
+            Some(t) => t.try_send(buf, |b| try_send_raw(&self.inner.sock, b)),
+            None => try_send_raw(&self.inner.sock, buf),
         }
     }
 
@@ -224,10 +285,33 @@ impl WriteHalf {
     pub(crate) fn shutdown(&self, how: Shutdown) {
         self.inner.shutdown(how);
     }
+}
 
-    fn send_with(&self, buf: &[u8], flags: Flags) -> io::Result<usize> {
-        match &*self.inner {
-            Inner::Tcp(s) => SockRef::from(s).send_with_flags(buf, flags),
+/// Sends all of `buf` on the socket itself, blocking up to its write timeout.
+fn send_all_raw(sock: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match SockRef::from(sock).send_with_flags(buf, SEND_FLAGS) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Sends what the socket takes at once without blocking (0 when its buffer is full,
+/// or where the platform cannot send without blocking).
+fn try_send_raw(sock: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+    let Some(flags) = DIRECT_FLAGS else {
+        return Ok(0);
+    };
+    loop {
+        match SockRef::from(sock).send_with_flags(buf, flags) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) => return Err(e),
         }
     }
 }

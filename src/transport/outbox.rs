@@ -137,6 +137,9 @@ struct State {
     full_by: Option<Limit>,
     /// Why the writer stopped, if a send failed.
     failed: Option<io::ErrorKind>,
+    /// A direct send on TLS left ciphertext the socket did not take
+    /// (`WriteHalf::has_unsent`): the writer thread must flush it.
+    flush: bool,
     /// Some thread is inside a `send` on this socket.
     writing: bool,
     /// The writer thread is parked on `work`.
@@ -152,7 +155,7 @@ struct State {
 
 impl State {
     fn idle(&self) -> bool {
-        self.head.is_empty() && self.ctl.is_empty() && self.data.is_empty()
+        self.head.is_empty() && self.ctl.is_empty() && self.data.is_empty() && !self.flush
     }
 
     /// Data bytes waiting: the queued frames and the unsent rest of a partial send.
@@ -388,12 +391,13 @@ impl Outbox {
             }
             self.writing_since_ms
                 .store(self.now_ms(), Ordering::Relaxed);
-            let mut result = Ok(());
+            // Ciphertext a direct send left goes first (nothing on plain TCP).
+            let mut result = self.writer.flush();
             for f in &batch {
-                result = self.writer.send_all(f.bytes());
                 if result.is_err() {
                     break;
                 }
+                result = self.writer.send_all(f.bytes());
             }
             batch.clear();
             self.writing_since_ms.store(WRITER_IDLE, Ordering::Relaxed);
@@ -428,6 +432,8 @@ impl Outbox {
         if sent < bytes.len() {
             // Nothing can have been queued ahead of it: others queue behind `writing`.
             st.head.extend_from_slice(&bytes[sent..]);
+        } else if self.writer.has_unsent() {
+            st.flush = true;
         }
         Direct::Sent(st)
     }
@@ -489,6 +495,7 @@ fn append_data(st: &mut State, frame: Frame) {
 /// Moves the next batch into `batch`: the rest of a partial send, every control frame,
 /// then data chunks up to [`CHUNK`] bytes (at least one).
 fn take_batch(st: &mut State, batch: &mut Vec<Frame>) {
+    st.flush = false;
     if !st.head.is_empty() {
         batch.push(Frame::Owned(std::mem::take(&mut st.head)));
     }
