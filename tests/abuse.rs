@@ -74,7 +74,7 @@ fn slowloris_sockets_are_closed_and_a_legit_node_still_joins() {
     );
     const IDLE: usize = 200;
     let timeout = Duration::from_millis(500);
-    let a = start_node(|c| {
+    let a = start_plain_node(|c| {
         c.handshake_timeout = timeout;
         c.auto_dial = false;
     });
@@ -120,7 +120,7 @@ fn slowloris_sockets_are_closed_and_a_legit_node_still_joins() {
         "the attack never reached the cap: {:?}",
         a.info()
     );
-    let b = start_node(|c| c.auto_dial = false);
+    let b = start_plain_node(|c| c.auto_dial = false);
     let attempts = join_with_retries(&b, &a);
     let attack_running = !attacker.is_finished();
     stop.store(true, Ordering::Relaxed);
@@ -172,12 +172,12 @@ fn connection_flood_does_not_disturb_linked_peers_and_the_node_recovers() {
         WATCHDOG,
     );
     const FLOOD: usize = 500;
-    let a = start_node(|c| {
+    let a = start_plain_node(|c| {
         c.handshake_timeout = Duration::from_secs(2);
         c.auto_dial = false;
     });
-    let b = start_node(|c| c.auto_dial = false);
-    let c = start_node(|c| c.auto_dial = false);
+    let b = start_plain_node(|c| c.auto_dial = false);
+    let c = start_plain_node(|c| c.auto_dial = false);
     link(&b, &a);
     link(&c, &a);
 
@@ -212,7 +212,7 @@ fn connection_flood_does_not_disturb_linked_peers_and_the_node_recovers() {
     // The flood stops; a new node joins (retrying while the admitted sockets close).
     let refused = a.info().counters.refused_connections;
     flood.clear();
-    let d = start_node(|c| c.auto_dial = false);
+    let d = start_plain_node(|c| c.auto_dial = false);
     join_with_retries(&d, &a);
     assert!(refused >= (FLOOD / 2) as u64, "refused only {refused}");
 
@@ -245,7 +245,7 @@ fn inbound_cap_leaves_room_for_outbound_links_and_max_links_holds() {
         "inbound_cap_leaves_room_for_outbound_links_and_max_links_holds",
         WATCHDOG,
     );
-    let a = start_node(|c| {
+    let a = start_plain_node(|c| {
         c.max_inbound_links = 4;
         c.max_links = 6;
         c.target_links = 2;
@@ -273,9 +273,9 @@ fn inbound_cap_leaves_room_for_outbound_links_and_max_links_holds() {
     assert_eq!(a.info().counters.refused_links, 6, "{:?}", a.info());
 
     // Outbound slots are still free: A dials two nodes...
-    let x = start_node(|c| c.auto_dial = false);
-    let y = start_node(|c| c.auto_dial = false);
-    let z = start_node(|c| c.auto_dial = false);
+    let x = start_plain_node(|c| c.auto_dial = false);
+    let y = start_plain_node(|c| c.auto_dial = false);
+    let z = start_plain_node(|c| c.auto_dial = false);
     a.connect_to_peer(x.addr()).expect("first outbound link");
     a.connect_to_peer(y.addr()).expect("second outbound link");
     assert_eq!(a.peers().len(), 6);
@@ -302,14 +302,14 @@ fn peer_that_never_reads_is_dropped_and_healthy_peers_get_every_broadcast() {
     );
     const QUEUE: usize = 16;
     const MAX_BROADCASTS: usize = 600;
-    let a = start_node(|c| {
+    let a = start_plain_node(|c| {
         c.queue_len = QUEUE;
         c.heartbeat_interval = Duration::from_millis(100);
         c.peer_timeout = Duration::from_secs(10);
         c.auto_dial = false;
     });
     let healthy: Vec<TestNode> = (0..3)
-        .map(|_| start_node(|c| c.auto_dial = false))
+        .map(|_| start_plain_node(|c| c.auto_dial = false))
         .collect();
     for h in &healthy {
         link(h, &a);
@@ -422,9 +422,9 @@ fn peer_that_never_reads_is_dropped_and_healthy_peers_get_every_broadcast() {
 #[test]
 fn app_broadcast_burst_does_not_drop_healthy_peers() {
     let _watchdog = watchdog("app_broadcast_burst_does_not_drop_healthy_peers", WATCHDOG);
-    let a = start_node(|c| c.auto_dial = false); // default queue_len 1024
+    let a = start_plain_node(|c| c.auto_dial = false); // default queue_len 1024
     let healthy: Vec<TestNode> = (0..3)
-        .map(|_| start_node(|c| c.auto_dial = false))
+        .map(|_| start_plain_node(|c| c.auto_dial = false))
         .collect();
     for h in &healthy {
         link(h, &a);
@@ -470,8 +470,8 @@ fn slow_application_slows_the_sender_and_loses_nothing() {
         "slow_application_slows_the_sender_and_loses_nothing",
         WATCHDOG,
     );
-    let a = start_node(|c| c.auto_dial = false);
-    let b = start_node(|c| {
+    let a = start_plain_node(|c| c.auto_dial = false);
+    let b = start_plain_node(|c| {
         c.auto_dial = false;
         c.max_pending_events = 50;
     });
@@ -536,8 +536,8 @@ fn application_that_stops_reading_loses_counted_messages_but_keeps_its_links() {
         c.heartbeat_interval = Duration::from_millis(100);
         c.peer_timeout = Duration::from_millis(600);
     };
-    let a = start_node(fast);
-    let b = start_node(|c| {
+    let a = start_plain_node(fast);
+    let b = start_plain_node(|c| {
         fast(c);
         c.max_pending_events = 10;
     });
@@ -575,7 +575,7 @@ fn broadcast_storm_in_a_mesh_delivers_each_message_exactly_once() {
     const NODES: usize = 5;
     const EACH: usize = 200;
     let nodes: Vec<Arc<TestNode>> = (0..NODES)
-        .map(|_| Arc::new(start_node(|c| c.auto_dial = false)))
+        .map(|_| Arc::new(start_plain_node(|c| c.auto_dial = false)))
         .collect();
     for i in 0..NODES {
         for j in i + 1..NODES {
@@ -651,8 +651,8 @@ fn small_seen_cache_stays_within_its_size() {
         c.seen_cache_size = SIZE;
         c.auto_dial = false;
     };
-    let a = start_node(small);
-    let b = start_node(small);
+    let a = start_plain_node(small);
+    let b = start_plain_node(small);
     link(&b, &a);
     let mut max_seen = 0;
     for k in 0..300 {
@@ -678,11 +678,11 @@ fn small_seen_cache_stays_within_its_size() {
 fn seen_cache_ids_expire_after_the_ttl() {
     let _watchdog = watchdog("seen_cache_ids_expire_after_the_ttl", WATCHDOG);
     let ttl = Duration::from_millis(300);
-    let a = start_node(|c| {
+    let a = start_plain_node(|c| {
         c.seen_cache_ttl = ttl;
         c.auto_dial = false;
     });
-    let b = start_node(|c| c.auto_dial = false);
+    let b = start_plain_node(|c| c.auto_dial = false);
     link(&b, &a);
     for k in 0..50 {
         b.broadcast_data(&format!("ttl {k}")).expect("broadcast");

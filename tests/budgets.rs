@@ -35,7 +35,7 @@ fn non_reader_is_dropped_at_its_byte_budget_and_an_honest_peer_gets_everything()
     );
     const MAX_BROADCASTS: usize = 400;
     const TEXT: usize = 128 * KIB;
-    let node = start_node(|c| {
+    let node = start_plain_node(|c| {
         c.auto_dial = false;
         c.max_frame = (256 * KIB) as u32;
         c.queue_bytes = 256 * KIB;
@@ -43,8 +43,8 @@ fn non_reader_is_dropped_at_its_byte_budget_and_an_honest_peer_gets_everything()
         // within the test: only the byte budget can drop the non-reader.
         c.peer_timeout = Duration::from_secs(30);
     });
-    let origin = start_node(|c| c.auto_dial = false);
-    let honest = start_node(|c| c.auto_dial = false);
+    let origin = start_plain_node(|c| c.auto_dial = false);
+    let honest = start_plain_node(|c| c.auto_dial = false);
     link(&origin, &node);
     link(&honest, &node);
     let (raw, _) = RawPeer::join(node.addr(), &default_network());
@@ -138,13 +138,13 @@ fn peer_that_stops_reading_is_reported_as_not_reading() {
     // Far more than the kernel's socket buffers hold (4 MiB send buffer at most,
     // the peer's receive buffer untouched by reads), far less than the budget.
     const FRAMES: usize = 16;
-    let node = start_node(|c| {
+    let node = start_plain_node(|c| {
         c.auto_dial = false;
         c.heartbeat_interval = Duration::from_millis(100);
         c.peer_timeout = Duration::from_millis(500);
         c.queue_bytes = 64 * MIB;
     });
-    let honest = start_node(|c| c.auto_dial = false);
+    let honest = start_plain_node(|c| c.auto_dial = false);
     link(&honest, &node);
     let (raw, _) = RawPeer::join(node.addr(), &default_network());
     let raw_id = raw.id;
@@ -218,7 +218,7 @@ fn stalled_application_stops_the_reader_at_the_event_byte_budget() {
     // must block while the node does not read.
     const FRAMES: usize = 48;
     const TEXT: usize = 1_000_000;
-    let node = start_node(|c| {
+    let node = start_plain_node(|c| {
         c.auto_dial = false;
         c.max_pending_event_bytes = 2 * MIB;
         // The bounded wait is then its longest, 1 s, and heartbeats cannot interfere.

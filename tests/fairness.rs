@@ -47,7 +47,7 @@ fn is_linked(node: &TestNode, peer: &RawPeer) -> bool {
 /// another /24 is linked, not referred, and one attacker link goes with `Evicted`.
 #[test]
 fn full_inbound_slots_evict_the_crowded_group_for_a_newcomer() {
-    let node = start_node(|c| {
+    let node = start_plain_node(|c| {
         c.max_inbound_links = 8;
         c.max_links = 16;
         c.target_links = 1;
@@ -146,7 +146,7 @@ fn slowloris(addr: SocketAddr, stop: Arc<AtomicBool>) -> thread::JoinHandle<usiz
 /// one /24; an honest joiner from another /24 still completes its handshake.
 #[test]
 fn slowloris_group_cannot_hold_every_pending_handshake() {
-    let node = start_node(|c| {
+    let node = start_plain_node(|c| {
         c.max_pending_handshakes = 4;
         c.auto_dial = false;
         // Longer than the test: the silent sockets never time out on their own.
@@ -187,8 +187,8 @@ fn slowloris_group_cannot_hold_every_pending_handshake() {
 /// with the default caps. All link, nobody is evicted: equals never evict equals.
 #[test]
 fn honest_nodes_of_one_group_join_without_eviction() {
-    let seed = start_node(|c| c.auto_dial = false);
-    let joiners = start_nodes(30, |c| c.auto_dial = false);
+    let seed = start_plain_node(|c| c.auto_dial = false);
+    let joiners = start_plain_nodes(30, |c| c.auto_dial = false);
     let seed_addr = seed.addr();
     let handles: Vec<_> = joiners
         .iter()

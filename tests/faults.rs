@@ -331,7 +331,7 @@ fn address_claim_is_refused_while_the_old_link_lives_then_replaces_it_when_stale
         "address_claim_is_refused_while_the_old_link_lives_then_replaces_it_when_stale",
         WATCHDOG,
     );
-    let a = start_node(|c| {
+    let a = start_plain_node(|c| {
         c.heartbeat_interval = Duration::from_millis(200);
         c.peer_timeout = Duration::from_secs(30); // only staleness may end the old link
         c.auto_dial = false;
@@ -361,7 +361,10 @@ fn address_claim_is_refused_while_the_old_link_lives_then_replaces_it_when_stale
     };
     drop(listener); // frees P for the new node; the old link stays open
 
-    let b2 = start_on_port(port, |c| c.auto_dial = false);
+    let b2 = start_on_port(port, |c| {
+        c.auto_dial = false;
+        c.encryption = p2p_overlay::Encryption::Plain;
+    });
     for _ in 0..3 {
         let _ = b2.connect_to_peer(a.addr());
         assert!(
@@ -476,12 +479,12 @@ fn dialing_tries_untried_live_addresses_before_retrying_failing_ones() {
         "dialing_prefers_failing_former_peers_over_untried_live_addresses_bug",
         WATCHDOG,
     );
-    let a = start_node(|c| {
+    let a = start_plain_node(|c| {
         fast(c);
         c.target_links = 1;
         c.handshake_timeout = Duration::from_secs(1);
     });
-    let live = start_node(|c| c.auto_dial = false);
+    let live = start_plain_node(|c| c.auto_dial = false);
     let port = a.addr().port().to_string();
     let mut args = vec!["127.0.0.1", port.as_str(), "--no-auto-dial"];
     args.extend_from_slice(&FAST_ARGS);

@@ -28,7 +28,7 @@ fn mapped_addresses_work() -> bool {
 
 #[test]
 fn node_refuses_to_dial_itself() {
-    let a = start_node(|_| {});
+    let a = start_plain_node(|_| {});
 
     let e = a.connect_to_peer(a.addr()).expect_err("dialled itself");
     assert!(matches!(e, Error::SelfDial(_)), "{e}");
@@ -56,8 +56,8 @@ fn node_refuses_to_dial_itself() {
 
 #[test]
 fn gossip_about_its_own_address_never_links_a_node_to_itself() {
-    let a = start_node(|_| {});
-    let b = start_node(|_| {});
+    let a = start_plain_node(|_| {});
+    let b = start_plain_node(|_| {});
 
     // A raw peer tells B about A, and about B itself under two names.
     let (mut gossip, _) = RawPeer::join(b.addr(), &default_network());
@@ -99,7 +99,7 @@ fn gossip_about_its_own_address_never_links_a_node_to_itself() {
 #[test]
 fn data_before_join_is_refused() {
     // A long handshake timeout: only the protocol violation can explain the close.
-    let a = start_node(|c| c.handshake_timeout = Duration::from_secs(30));
+    let a = start_plain_node(|c| c.handshake_timeout = Duration::from_secs(30));
 
     let mut raw = RawPeer::connect(a.addr());
     raw.send(&P2PMessage::Data {
@@ -118,7 +118,7 @@ fn data_before_join_is_refused() {
 
 #[test]
 fn join_with_another_protocol_version_is_refused() {
-    let a = start_node(|c| c.handshake_timeout = Duration::from_secs(30));
+    let a = start_plain_node(|c| c.handshake_timeout = Duration::from_secs(30));
 
     let mut raw = RawPeer::connect(a.addr());
     let mut join = match raw.join_msg(&default_network()) {
@@ -134,8 +134,8 @@ fn join_with_another_protocol_version_is_refused() {
 
 #[test]
 fn nodes_of_different_networks_refuse_each_other() {
-    let a = start_node(|c| c.network = "alpha".into());
-    let b = start_node(|c| c.network = "beta".into());
+    let a = start_plain_node(|c| c.network = "alpha".into());
+    let b = start_plain_node(|c| c.network = "beta".into());
 
     let e = b
         .connect_to_peer(a.addr())
@@ -169,7 +169,7 @@ fn nodes_of_different_networks_refuse_each_other() {
 #[test]
 fn socket_that_never_sends_join_is_closed_after_handshake_timeout() {
     let timeout = Duration::from_millis(300);
-    let a = start_node(|c| c.handshake_timeout = timeout);
+    let a = start_plain_node(|c| c.handshake_timeout = timeout);
 
     let connected = Instant::now();
     let mut raw = RawPeer::connect(a.addr());
@@ -181,6 +181,6 @@ fn socket_that_never_sends_join_is_closed_after_handshake_timeout() {
     assert!(eventually(DEADLINE, || a.info().connections == 0));
 
     // The node still accepts well-behaved peers afterwards.
-    let b = start_node(|_| {});
+    let b = start_plain_node(|_| {});
     link(&b, &a);
 }

@@ -39,11 +39,11 @@ struct Fixture {
 }
 
 fn fixture(configure: impl FnOnce(&mut Config)) -> Fixture {
-    let a = start_node(|c| {
+    let a = start_plain_node(|c| {
         hostile_target(c);
         configure(c);
     });
-    let good = start_node(|c| c.auto_dial = false);
+    let good = start_plain_node(|c| c.auto_dial = false);
     link(&good, &a);
     Fixture { a, good }
 }
@@ -273,7 +273,7 @@ fn join_trickled_byte_by_byte_is_cut_at_the_handshake_deadline() {
     );
     // The deadline covers the whole JOIN, not each read: one byte every 50 ms keeps
     // every read short, and the node still hangs up at its handshake timeout.
-    let a = start_node(|c| {
+    let a = start_plain_node(|c| {
         c.handshake_timeout = Duration::from_millis(500);
         c.auto_dial = false;
     });
@@ -811,7 +811,7 @@ fn absurd_peer_entries_are_never_learned_or_dialled() {
     // This node dials what it learns, so the test also shows none of these is dialled.
     let f = fixture(|c| c.auto_dial = true);
     // The control: a real node, which the node must learn and link.
-    let control = start_node(|c| c.auto_dial = false);
+    let control = start_plain_node(|c| c.auto_dial = false);
     let mut raw = f.joined();
     let own = f.a.addr();
     let absurd: Vec<SocketAddr> = [

@@ -369,7 +369,7 @@ fn full_mesh(n: usize) -> Vec<TestNode> {
 #[test]
 fn a_duplicate_is_answered_with_prune_once() {
     let _watchdog = watchdog("a_duplicate_is_answered_with_prune_once", WATCHDOG);
-    let a = start_node(|c| c.auto_dial = false);
+    let a = start_plain_node(|c| c.auto_dial = false);
     let mut raw = Wire::join(&a);
     let b = raw.broadcast(1, 1, "sent three times");
     raw.send(&b);
@@ -403,8 +403,8 @@ fn a_pruned_link_gets_announcements_and_a_graft_brings_the_broadcast() {
         "a_pruned_link_gets_announcements_and_a_graft_brings_the_broadcast",
         WATCHDOG,
     );
-    let a = start_node(|c| c.auto_dial = false);
-    let g = start_node(|c| c.auto_dial = false);
+    let a = start_plain_node(|c| c.auto_dial = false);
+    let g = start_plain_node(|c| c.auto_dial = false);
     link(&g, &a);
     let mut raw = Wire::join(&a);
     raw.send(&P2PMessage::Prune { origin: g.id() });
@@ -547,7 +547,7 @@ fn an_announced_broadcast_that_never_arrives_is_grafted_from_the_announcer() {
         "an_announced_broadcast_that_never_arrives_is_grafted_from_the_announcer",
         WATCHDOG,
     );
-    let a = start_node(|c| c.auto_dial = false);
+    let a = start_plain_node(|c| c.auto_dial = false);
     let mut raw = Wire::join(&a);
     let id = (raw.id(), 7);
     let announced = Instant::now();
@@ -722,8 +722,8 @@ fn the_tree_repairs_itself_when_an_inner_node_leaves() {
 #[test]
 fn announcements_of_made_up_ids_cost_bounded_work() {
     let _watchdog = watchdog("announcements_of_made_up_ids_cost_bounded_work", WATCHDOG);
-    let a = start_node(|c| c.auto_dial = false);
-    let l = start_node(|c| c.auto_dial = false);
+    let a = start_plain_node(|c| c.auto_dial = false);
+    let l = start_plain_node(|c| c.auto_dial = false);
     link(&l, &a);
     let (mut raw, join) = RawPeer::join(a.addr(), &default_network());
     assert_eq!(join.node_id, a.id());
@@ -876,7 +876,7 @@ fn one_peer_announcing_made_up_ids_cannot_block_repair_from_another() {
         "one_peer_announcing_made_up_ids_cannot_block_repair_from_another",
         WATCHDOG,
     );
-    let a = start_node(|c| c.auto_dial = false);
+    let a = start_plain_node(|c| c.auto_dial = false);
     let mut flooder = Wire::join(&a);
     let mut honest = Wire::join(&a);
     let per_frame = MAX_IDS_PER_MESSAGE as u64;

@@ -25,11 +25,11 @@ fn no_timeout(c: &mut Config) {
 
 #[test]
 fn silent_peer_is_dropped_after_heartbeat_timeout() {
-    let a = start_node(|c| {
+    let a = start_plain_node(|c| {
         fast_heartbeat(c);
         c.auto_dial = false;
     });
-    let c = start_node(|_| {});
+    let c = start_plain_node(|_| {});
     link(&c, &a);
 
     // A raw peer completes the handshake, then never answers anything.
@@ -129,7 +129,7 @@ fn remove_peer_sends_leave() {
 /// takes the same lock). With a short interval the node must keep sending PEERS.
 #[test]
 fn periodic_peer_exchange_keeps_running() {
-    let a = start_node(|c| {
+    let a = start_plain_node(|c| {
         c.peer_exchange_interval = Duration::from_millis(50);
         c.auto_dial = false;
     });

@@ -120,12 +120,12 @@ fn announced_but_unsent_frames_cost_what_was_sent_in_process() {
         WATCHDOG,
     );
     let _one = serial();
-    let a = start_node(|c| {
+    let a = start_plain_node(|c| {
         c.handshake_timeout = Duration::from_secs(60);
         c.peer_timeout = Duration::from_secs(60);
         c.auto_dial = false;
     });
-    let good = start_node(|c| c.auto_dial = false);
+    let good = start_plain_node(|c| c.auto_dial = false);
     link(&good, &a);
 
     let mut peers: Vec<RawPeer> = (0..PEERS)

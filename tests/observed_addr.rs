@@ -39,6 +39,8 @@ fn ip(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
 
 /// The node under test: no timeout fires during a test and it dials nothing by itself.
 fn target(c: &mut Config) {
+    // Raw peers write plaintext frames.
+    c.encryption = p2p_overlay::Encryption::Plain;
     c.auto_dial = false;
     c.handshake_timeout = LONG;
     c.peer_timeout = LONG;
@@ -47,6 +49,7 @@ fn target(c: &mut Config) {
 /// A node bound to 0.0.0.0 on an OS-chosen port.
 fn start_unspecified(configure: impl FnOnce(&mut Config)) -> TestNode {
     let mut config = Config::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+    config.encryption = p2p_overlay::Encryption::Plain;
     target(&mut config);
     configure(&mut config);
     try_start_node(config).expect("node starts on 0.0.0.0")
@@ -110,8 +113,9 @@ fn origin_seen_by(raw: &mut RawPeer, node: &TestNode, text: &str) -> SocketAddr 
 /// retried with new ports if 127.0.0.2:P is taken.
 fn bound_node_and_twin() -> (TestNode, TestNode) {
     for _ in 0..PORT_ATTEMPTS {
-        let a = start_node(target);
+        let a = start_plain_node(target);
         let mut twin = Config::new(ip(127, 0, 0, 2), a.addr().port());
+        twin.encryption = p2p_overlay::Encryption::Plain;
         twin.auto_dial = false;
         match try_start_node(twin) {
             Ok(twin) => return (a, twin),
@@ -128,7 +132,7 @@ fn bound_node_ignores_observations() {
     let (a, twin) = bound_node_and_twin();
     let p = a.addr().port();
     assert_eq!(a.addr(), SocketAddr::new(localhost(), p));
-    let honest = start_node(|c| c.auto_dial = false);
+    let honest = start_plain_node(|c| c.auto_dial = false);
     link(&honest, &a);
 
     // Two liars from distinct source IPs (enough for an unspecified-bind node to
@@ -307,6 +311,7 @@ fn advertised_address_ignores_observations() {
         let port = free_port();
         let advertised = SocketAddr::new(ip(127, 0, 0, 5), port);
         let mut config = Config::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+        config.encryption = p2p_overlay::Encryption::Plain;
         target(&mut config);
         config.advertise = Some(advertised);
         match try_start_node(config) {
@@ -369,6 +374,7 @@ fn flood_of_different_observations_from_one_source_changes_nothing() {
 
     // A real node at one of the claimed IPs is an ordinary peer, not "this node".
     let mut config = Config::new(ip(127, 0, 1, 5), 0);
+    config.encryption = p2p_overlay::Encryption::Plain;
     config.auto_dial = false;
     let other = try_start_node(config).expect("node starts on 127.0.1.5");
     let info = a

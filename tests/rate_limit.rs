@@ -78,13 +78,13 @@ fn a_broadcast_flood_is_limited_per_link_and_the_flooder_is_closed() {
         WATCHDOG,
     );
     const SENT: u64 = 50_000;
-    let a = start_node(|c| {
+    let a = start_plain_node(|c| {
         c.auto_dial = false;
         c.broadcast_rate = RATE;
         c.broadcast_burst = BURST;
         c.rate_limit_grace = Duration::from_secs(2);
     });
-    let b = start_node(|c| c.auto_dial = false);
+    let b = start_plain_node(|c| c.auto_dial = false);
     link(&b, &a);
     let (mut peer, drainer) = raw_link(&a);
     let origin = NodeId::random();
@@ -165,7 +165,7 @@ fn a_broadcast_flood_is_limited_per_link_and_the_flooder_is_closed() {
 fn a_data_flood_is_limited_per_link() {
     let _watchdog = watchdog("a_data_flood_is_limited_per_link", WATCHDOG);
     const SENT: u64 = 20_000;
-    let a = start_node(|c| {
+    let a = start_plain_node(|c| {
         c.auto_dial = false;
         c.data_rate = RATE;
         c.data_burst = BURST;
@@ -212,7 +212,7 @@ fn replayed_broadcasts_stay_duplicates_after_the_seen_cache_forgot_them() {
         WATCHDOG,
     );
     const N: u64 = 50;
-    let a = start_node(|c| {
+    let a = start_plain_node(|c| {
         c.auto_dial = false;
         c.seen_cache_size = 16;
     });
@@ -266,7 +266,7 @@ fn replayed_broadcasts_stay_duplicates_after_the_seen_cache_forgot_them() {
 fn a_broadcast_burst_is_not_limited_by_default() {
     let _watchdog = watchdog("a_broadcast_burst_is_not_limited_by_default", WATCHDOG);
     const COUNT: usize = 2_000;
-    let nodes = start_nodes(4, |c| c.auto_dial = false);
+    let nodes = start_plain_nodes(4, |c| c.auto_dial = false);
     for i in 0..nodes.len() {
         link(&nodes[i], &nodes[(i + 1) % nodes.len()]);
     }
@@ -307,8 +307,8 @@ fn direct_messages_over_one_link_are_not_limited_by_default() {
         WATCHDOG,
     );
     const COUNT: u64 = 100_000;
-    let a = start_node(|c| c.auto_dial = false);
-    let b = start_node(|c| c.auto_dial = false);
+    let a = start_plain_node(|c| c.auto_dial = false);
+    let b = start_plain_node(|c| c.auto_dial = false);
     link(&a, &b);
     let sender = Arc::clone(&a.node);
     let to = b.addr();

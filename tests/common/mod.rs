@@ -64,6 +64,23 @@ pub fn start_nodes(n: usize, configure: impl Fn(&mut Config)) -> Vec<TestNode> {
     (0..n).map(|_| start_node(&configure)).collect()
 }
 
+/// Like [`start_node`], with plaintext links: for tests that talk to the node
+/// through a [`RawPeer`], which writes frames on a bare TCP socket. The frame rules
+/// above the transport are the same on TLS links (tests/tls.rs covers TLS itself).
+#[allow(dead_code)]
+pub fn start_plain_node(configure: impl FnOnce(&mut Config)) -> TestNode {
+    start_node(|c| {
+        c.encryption = p2p_overlay::Encryption::Plain;
+        configure(c)
+    })
+}
+
+/// Like [`start_nodes`], with plaintext links (see [`start_plain_node`]).
+#[allow(dead_code)]
+pub fn start_plain_nodes(n: usize, configure: impl Fn(&mut Config)) -> Vec<TestNode> {
+    (0..n).map(|_| start_plain_node(&configure)).collect()
+}
+
 impl Deref for TestNode {
     type Target = Node;
     fn deref(&self) -> &Node {
