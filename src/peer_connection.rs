@@ -468,7 +468,7 @@ fn read_join_frame<R: Read>(
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(frame_error(DecodeError::Io(e))),
+            Err(e) => return Err(frame_error(DecodeError::Io(e), tls)),
         }
     }
     // A TLS record: content type 0x15 (alert) or 0x16 (handshake), version 3.x.
@@ -478,13 +478,19 @@ fn read_join_frame<R: Read>(
     let mut chained = (&head[..got]).chain(reader);
     match read_frame(&mut chained, max) {
         Ok(f) => Ok(f),
-        Err(e) => Err(frame_error(e)),
+        Err(e) => Err(frame_error(e, tls)),
     }
 }
 
-fn frame_error(e: DecodeError) -> HandshakeError {
+/// Why reading the JOIN failed. On TLS an `InvalidData` read error is TLS's verdict
+/// (a refused certificate arrives as the peer's alert after our side thought the
+/// handshake done: TLS 1.3 clients finish first).
+fn frame_error(e: DecodeError, tls: bool) -> HandshakeError {
     match e {
         DecodeError::Io(e) if is_timeout(&e) => HandshakeError::Timeout { ms: 0 },
+        DecodeError::Io(e) if tls && e.kind() == io::ErrorKind::InvalidData => {
+            HandshakeError::Tls(e.to_string())
+        }
         e => HandshakeError::BadFrame(e),
     }
 }

@@ -84,12 +84,6 @@ impl Stream {
         TcpStream::connect_timeout(&addr, timeout).map(Stream::tcp)
     }
 
-    /// Our end's socket address.
-    #[allow(dead_code)]
-    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.sock.local_addr()
-    }
-
     /// Small frames (PING, a short DATA) go out at once instead of waiting for an ACK.
     pub(crate) fn set_nodelay(&self) {
         let _ = self.inner.sock.set_nodelay(true);
