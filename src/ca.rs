@@ -19,11 +19,11 @@
 //! key silently locks every issued node out, and replacing a node key changes its id.
 //!
 //! `issue` does not parse `ca.pem` (rcgen's parser needs the `x509-parser` feature,
-//! which this crate does not build): it rebuilds the issuer from the same fixed
-//! parameters [`ca_params`] that `init` used and the stored key. The issuer fields a
-//! child certificate copies (the subject DN, and the key identifier that becomes its
-//! authority key identifier, derived from the key) are then the ones in `ca.pem`, so
-//! chain building finds the CA.
+//! which this crate does not build): it rebuilds the issuer from the same parameters
+//! [`ca_params`] that `init` used, which depend on nothing but the stored key. The
+//! issuer fields a child certificate copies (the subject DN, and the key identifier
+//! that becomes its authority key identifier, derived from the key) are then the
+//! ones in `ca.pem`, so chain building finds the CA.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -105,12 +105,25 @@ pub(crate) fn run(cmd: &CaCommand) -> Result<Vec<String>, String> {
     }
 }
 
-/// The CA certificate's parameters. `init` signs them; `issue` rebuilds the issuer
-/// from them, so both must stay exactly the same (see the module doc).
-fn ca_params() -> CertificateParams {
+/// The CA certificate's parameters for the CA key `key`. `init` signs them; `issue`
+/// rebuilds the issuer from them, so both must stay exactly the same (see the module
+/// doc).
+///
+/// The subject is the fixed CN plus an OU naming the key (`ca <16 hex>`, the key's
+/// hash as node ids are computed), so two networks' CAs never share a name. With
+/// the same name, a certificate from the other CA would be checked against the wrong
+/// CA's key and refused as `BadSignature`; with distinct names it is refused as what
+/// it is, `UnknownIssuer`.
+fn ca_params(key: &KeyPair) -> Result<CertificateParams, String> {
+    let raw = key.public_key_raw();
+    let public: [u8; p2p_overlay::identity::PUBLIC_KEY_LEN] = raw
+        .try_into()
+        .map_err(|_| "the CA key is not an Ed25519 key".to_string())?;
+    let key_id = p2p_overlay::identity::node_id_from_public_key(&public);
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, CA_COMMON_NAME);
+    dn.push(DnType::OrganizationalUnitName, format!("ca {key_id}"));
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![
@@ -118,7 +131,7 @@ fn ca_params() -> CertificateParams {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    params
+    Ok(params)
 }
 
 /// Sets the validity to [now - 1 h, now + `span`], without the `time` crate: rcgen's
@@ -139,7 +152,7 @@ fn init(dir: &Path) -> Result<Vec<String>, String> {
     refuse_existing(&[&key_path, &cert_path])?;
     create_private_dir(dir)?;
     let key = KeyPair::generate_for(&PKCS_ED25519).map_err(|e| format!("CA key: {e}"))?;
-    let mut params = ca_params();
+    let mut params = ca_params(&key)?;
     set_validity(&mut params, CA_VALIDITY)?;
     let cert = params
         .self_signed(&key)
@@ -172,7 +185,7 @@ fn issue(dir: &Path, name: &str) -> Result<Vec<String>, String> {
             ca_key_path.display()
         ));
     }
-    let issuer = Issuer::new(ca_params(), ca_key);
+    let issuer = Issuer::new(ca_params(&ca_key)?, ca_key);
 
     let node_key = KeyPair::generate_for(&PKCS_ED25519).map_err(|e| format!("node key: {e}"))?;
     let mut params = CertificateParams::default();
