@@ -348,7 +348,7 @@ mod tests {
         ] {
             ee.verify_for_usage(
                 webpki::ALL_VERIFICATION_ALGS,
-                &[anchor.clone()],
+                std::slice::from_ref(&anchor),
                 &[],
                 now,
                 usage,
