@@ -854,6 +854,13 @@ fn help_flag_exits_0_and_lists_every_option() {
         "--timeout-ms",
         "--handshake-timeout-ms",
         "--max-frame",
+        "--identity",
+        "--plaintext",
+        "--network-ca",
+        "--cert",
+        "--key",
+        "ca init",
+        "ca issue",
         "--help",
         "--version",
     ] {
