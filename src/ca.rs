@@ -140,6 +140,11 @@ fn set_validity(params: &mut CertificateParams, span: Duration) -> Result<(), St
     let since_epoch = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_err(|_| "the system clock is before 1970".to_string())?;
+    // rcgen's dates end with the year 9999; a clock near it would overflow the sum.
+    const YEAR_9000: Duration = Duration::from_secs(7030 * 365 * 24 * 3600);
+    if since_epoch > YEAR_9000 {
+        return Err("the system clock is past the year 9000".into());
+    }
     let now = rcgen::date_time_ymd(1970, 1, 1) + since_epoch;
     params.not_before = now - BACKDATE;
     params.not_after = now + span;
