@@ -32,7 +32,7 @@ use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 use std::time::Duration;
 
-use p2p_overlay::{Event, KnownAddr, NodeInfo, PeerInfo};
+use p2p_overlay::{Encryption, Event, KnownAddr, NodeInfo, PeerInfo};
 
 /// One command line, parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -323,12 +323,13 @@ pub(crate) fn format_peers(peers: &[PeerInfo]) -> Vec<String> {
         .iter()
         .map(|p| {
             format!(
-                "{} id={} dir={} rtt={} up={}s",
+                "{} id={} dir={} rtt={} up={}s enc={}",
                 p.addr,
                 p.node_id,
                 p.direction.as_str(),
                 fmt_rtt(p.rtt),
-                p.connected_for.as_secs()
+                p.connected_for.as_secs(),
+                p.encryption.as_str()
             )
         })
         .collect()
@@ -451,6 +452,16 @@ pub(crate) fn format_known(known: &[KnownAddr]) -> Vec<String> {
 /// `info` output: identity and gauges, one per line, then every counter of
 /// [`Counters::list`](p2p_overlay::Counters::list) as `name=value` on one last line
 /// (`counters: ...`), so a new counter shows up here without a change.
+/// The node's own mode, as `info` prints it: `tls (open network)`, `tls (closed
+/// network)` or `plain`.
+pub(crate) fn format_encryption(enc: Encryption, closed: bool) -> String {
+    match (enc, closed) {
+        (Encryption::Tls, false) => "tls (open network)".to_string(),
+        (Encryption::Tls, true) => "tls (closed network)".to_string(),
+        (e, _) => e.as_str().to_string(),
+    }
+}
+
 pub(crate) fn format_info(i: &NodeInfo) -> Vec<String> {
     let counters: Vec<String> = i
         .counters
@@ -463,6 +474,10 @@ pub(crate) fn format_info(i: &NodeInfo) -> Vec<String> {
         format!("listening: {}", i.local_addr),
         format!("advertised: {}", i.advertised_addr),
         format!("network: {}", i.network),
+        format!(
+            "encryption: {}",
+            format_encryption(i.encryption, i.closed_network)
+        ),
         format!("links: {} (target {})", i.links, i.target_links),
         format!(
             "connections: {} open (at most {}), {} dialing, {} pending handshakes",
@@ -747,6 +762,41 @@ mod tests {
         assert_eq!(format_peers(&[]), vec!["no peers connected".to_string()]);
     }
 
+    #[test]
+    fn peer_lines_end_with_the_link_encryption() {
+        let peer = |port: u16, encryption, rtt| PeerInfo {
+            node_id: p2p_overlay::NodeId(0xab),
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            direction: p2p_overlay::Direction::Inbound,
+            rtt,
+            connected_for: Duration::from_secs(7),
+            encryption,
+        };
+        assert_eq!(
+            format_peers(&[
+                peer(9001, Encryption::Tls, Some(Duration::from_micros(1500))),
+                peer(9002, Encryption::Plain, None),
+            ]),
+            vec![
+                "127.0.0.1:9001 id=00000000000000ab dir=in rtt=1.500ms up=7s enc=tls",
+                "127.0.0.1:9002 id=00000000000000ab dir=in rtt=- up=7s enc=plain",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_own_encryption_mode_reads_as_documented() {
+        assert_eq!(
+            format_encryption(Encryption::Tls, false),
+            "tls (open network)"
+        );
+        assert_eq!(
+            format_encryption(Encryption::Tls, true),
+            "tls (closed network)"
+        );
+        assert_eq!(format_encryption(Encryption::Plain, false), "plain");
+    }
+
     /// The escape table of README.md's output contract, class by class: (what, text,
     /// printed).
     const ESCAPES: &[(&str, &str, &str)] = &[
@@ -941,7 +991,7 @@ mod tests {
                     direction: p2p_overlay::Direction::Outbound,
                     rtt: None,
                     connected_for: Duration::ZERO,
-                    encryption: p2p_overlay::Encryption::Tls,
+                    encryption: Encryption::Tls,
                 }),
                 "peer up: 127.0.0.1:9001 (id 00000000000000ab, out)",
             ),

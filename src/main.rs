@@ -19,18 +19,23 @@
 //! short, escaped prefix of what was typed (`cli::quote_input`), so neither memory nor
 //! stderr grows with the length of a line.
 
+mod ca;
 mod cli;
 mod line_reader;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 use crossbeam_channel::{bounded, never, select, Receiver};
 
-use p2p_overlay::{peer_cache, resolve_peer_addr, Config, Node};
+use p2p_overlay::Node;
+use p2p_overlay::{
+    identity, peer_cache, resolve_peer_addr, Config, Encryption, Identity, NetworkCa,
+};
 
 use crate::cli::Command;
 use crate::line_reader::{Line, LineReader};
@@ -41,12 +46,20 @@ Output: one line per event or command result on stdout; diagnostics on stderr,
 filtered by RUST_LOG (default: warn).
 
 Known addresses are saved to a peer cache file (see --peers-file), so a node
-restarted on the same port rejoins its overlay without a bootstrap address.
+restarted on the same port rejoins its overlay without a bootstrap address. Its
+key, which its node id is derived from, is kept beside it (see --identity).
+
+Links are TLS 1.3. A closed network admits only nodes with a certificate from its
+CA: make one with 'p2p-node ca init DIR', a node's key and certificate with
+'p2p-node ca issue DIR NAME', then start each node with --network-ca DIR/ca.pem
+--cert DIR/NAME.pem --key DIR/NAME.key.
 
 Examples:
   p2p-node 9000                      start a new overlay on port 9000
   p2p-node 9001 127.0.0.1 9000       join it through the node on port 9000
-  p2p-node 9001                      later: rejoin through the cached peers";
+  p2p-node 9001                      later: rejoin through the cached peers
+  p2p-node ca init ca                make a closed network's CA in ./ca
+  p2p-node ca issue ca node1         issue ca/node1.pem and ca/node1.key";
 
 /// A decentralized peer-to-peer overlay node.
 #[derive(Parser, Debug)]
@@ -118,7 +131,7 @@ struct Args {
     /// Peer cache file [default: $XDG_STATE_HOME/p2p-overlay/peers-<port>.txt, else
     /// ~/.local/state/p2p-overlay/peers-<port>.txt; none when the port is 0]
     #[arg(long, value_name = "PATH", conflicts_with = "no_peers_file")]
-    peers_file: Option<std::path::PathBuf>,
+    peers_file: Option<PathBuf>,
 
     /// Do not read or write a peer cache file
     #[arg(long)]
@@ -127,6 +140,33 @@ struct Args {
     /// Milliseconds between rewrites of the peer cache (it is also written at exit)
     #[arg(long, value_name = "MS", default_value_t = 30_000)]
     peers_file_interval_ms: u64,
+
+    /// Identity key file (Ed25519, PKCS#8 PEM), created when missing; the node id is
+    /// derived from it [default: $XDG_STATE_HOME/p2p-overlay/identity-<port>.key, else
+    /// ~/.local/state/p2p-overlay/identity-<port>.key; a fresh key each run when the
+    /// port is 0]
+    #[arg(long, value_name = "PATH", conflicts_with = "network_ca")]
+    identity: Option<PathBuf>,
+
+    /// Unencrypted links (debugging and comparison only); such a node and a TLS node
+    /// refuse each other
+    #[arg(long, conflicts_with = "network_ca")]
+    plaintext: bool,
+
+    /// Closed network: accept only peers whose certificate this CA issued (a PEM file,
+    /// made by 'p2p-node ca init'); needs --cert and --key
+    #[arg(long, value_name = "CA.pem", requires_all = ["cert", "key"])]
+    network_ca: Option<PathBuf>,
+
+    /// This node's certificate from the network CA ('p2p-node ca issue'); needs
+    /// --network-ca and --key
+    #[arg(long, value_name = "NODE.pem", requires_all = ["network_ca", "key"])]
+    cert: Option<PathBuf>,
+
+    /// The key of the --cert certificate (it is this node's identity); needs
+    /// --network-ca and --cert
+    #[arg(long, value_name = "NODE.key", requires_all = ["network_ca", "cert"])]
+    key: Option<PathBuf>,
 }
 
 impl Args {
@@ -169,10 +209,54 @@ impl Args {
             max_frame: self.max_frame,
             peers_file,
             peers_file_interval: Duration::from_millis(self.peers_file_interval_ms),
+            encryption: if self.plaintext {
+                Encryption::Plain
+            } else {
+                Encryption::Tls
+            },
             ..defaults
         };
+        // The identity and CA come from files, loaded after this check (a file
+        // problem is exit 1, a bad argument exit 2); `Node::start` checks the
+        // closed-network part once `load_identity` has filled it in.
         config.validate().map_err(|e| e.to_string())?;
         Ok(config)
+    }
+
+    /// The node's identity and, in a closed network, its CA, read from their files.
+    /// Every problem is one line naming the file; a key file that exists but cannot
+    /// be read or parsed is never replaced by a new identity.
+    fn load_identity(&self) -> Result<(Identity, Option<NetworkCa>), String> {
+        if let (Some(ca), Some(cert), Some(key)) = (&self.network_ca, &self.cert, &self.key) {
+            let id = Identity::load(key)
+                .and_then(|i| i.with_certificate_file(cert))
+                .map_err(|e| e.to_string())?;
+            let ca = NetworkCa::load(ca).map_err(|e| e.to_string())?;
+            return Ok((id, Some(ca)));
+        }
+        let path = match &self.identity {
+            Some(p) => p.clone(),
+            None if self.port == 0 => return Ok((Identity::generate(), None)),
+            None => match identity::default_path(self.port) {
+                Some(p) => p,
+                None => {
+                    log::warn!(
+                        "neither XDG_STATE_HOME nor HOME is set: a new identity for this \
+                         run only (use --identity PATH to keep one)"
+                    );
+                    return Ok((Identity::generate(), None));
+                }
+            },
+        };
+        let (id, created) = Identity::load_or_create(&path).map_err(|e| e.to_string())?;
+        if created {
+            log::info!(
+                "created identity key {} (node id {})",
+                path.display(),
+                id.node_id()
+            );
+        }
+        Ok((id, None))
     }
 }
 
@@ -193,6 +277,12 @@ fn parse_advertise(s: &str, port: u16) -> Result<SocketAddr, String> {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    // `p2p-node ca ...` before the node's own parser: "ca" is never a port, so
+    // `p2p-node 9000 ...` parses exactly as without this.
+    let mut raw = std::env::args_os().skip(1);
+    if raw.next().is_some_and(|a| a == "ca") {
+        return run_ca(raw.collect());
+    }
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {
@@ -215,17 +305,66 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let config = match args.to_config() {
+    let mut config = match args.to_config() {
         Ok(c) => c,
         Err(msg) => {
             eprintln!("p2p-node: {msg} (see --help)");
             return ExitCode::from(2);
         }
     };
+    match args.load_identity() {
+        Ok((id, ca)) => {
+            config.identity = Some(id);
+            config.network_ca = ca;
+        }
+        Err(msg) => {
+            eprintln!("p2p-node: {msg}");
+            return ExitCode::from(1);
+        }
+    }
     match run(config, &args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
             eprintln!("p2p-node: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `p2p-node ca init DIR` / `p2p-node ca issue DIR NAME` (see `ca.rs`): a usage
+/// mistake is exit 2, a file problem exit 1, one line on stderr either way.
+fn run_ca(words: Vec<std::ffi::OsString>) -> ExitCode {
+    let mut args = Vec::with_capacity(words.len());
+    for w in words {
+        match w.into_string() {
+            Ok(s) => args.push(s),
+            Err(_) => {
+                eprintln!("p2p-node: ca: arguments must be valid UTF-8");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if matches!(
+        args.first().map(String::as_str),
+        Some("-h" | "--help" | "help")
+    ) {
+        println!("{}", ca::USAGE);
+        return ExitCode::SUCCESS;
+    }
+    let cmd = match ca::parse(&args) {
+        Ok(c) => c,
+        Err(msg) => {
+            eprintln!("p2p-node: ca: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    match ca::run(&cmd) {
+        Ok(lines) => {
+            lines.iter().for_each(|l| println!("{l}"));
+            ExitCode::SUCCESS
+        }
+        Err(msg) => {
+            eprintln!("p2p-node: ca: {msg}");
             ExitCode::from(1)
         }
     }

@@ -66,6 +66,11 @@ pub struct NodeInfo {
     pub advertised_addr: SocketAddr,
     /// The overlay's name.
     pub network: String,
+    /// How this node's links travel (`Config::encryption`).
+    pub encryption: Encryption,
+    /// Whether only peers with a certificate from the network CA are accepted
+    /// (`Config::network_ca`).
+    pub closed_network: bool,
     /// Live links.
     pub links: usize,
     /// Links the node dials towards.
@@ -323,6 +328,8 @@ impl Node {
             local_addr: s.local_addr,
             advertised_addr: s.protocols.membership.own_addr(),
             network: config.network.clone(),
+            encryption: config.encryption,
+            closed_network: config.network_ca.is_some(),
             links: counts.links,
             target_links: config.target_links,
             known_addrs: s.protocols.membership.known_len(),

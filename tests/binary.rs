@@ -491,16 +491,17 @@ fn parse_first_line(line: &str) -> Option<(String, u16)> {
     (port != 0).then(|| (id.to_string(), port))
 }
 
-/// A `peers` line: `<host:port> id=<id> dir=in|out rtt=<x>ms|- up=<n>s`.
+/// A `peers` line: `<host:port> id=<id> dir=in|out rtt=<x>ms|- up=<n>s enc=tls|plain`.
 fn is_peer_line(l: &str) -> bool {
     let words: Vec<&str> = l.split(' ').collect();
-    words.len() == 5
+    words.len() == 6
         && words[0].parse::<std::net::SocketAddr>().is_ok()
         && words[1].starts_with("id=")
         && (words[2] == "dir=in" || words[2] == "dir=out")
         && (words[3] == "rtt=-" || (words[3].starts_with("rtt=") && words[3].ends_with("ms")))
         && words[4].starts_with("up=")
         && words[4].ends_with('s')
+        && (words[5] == "enc=tls" || words[5] == "enc=plain")
 }
 
 /// The broadcast counters `info` prints.
@@ -853,6 +854,13 @@ fn help_flag_exits_0_and_lists_every_option() {
         "--timeout-ms",
         "--handshake-timeout-ms",
         "--max-frame",
+        "--identity",
+        "--plaintext",
+        "--network-ca",
+        "--cert",
+        "--key",
+        "ca init",
+        "ca issue",
         "--help",
         "--version",
     ] {
@@ -1146,7 +1154,8 @@ fn sock(node: &NodeProc) -> SocketAddr {
 #[test]
 fn data_with_control_characters_prints_one_escaped_line() {
     let log = Log::default();
-    let mut a = NodeProc::start(&log, "A", &["--no-auto-dial"]);
+    // The raw peer speaks the wire protocol without TLS.
+    let mut a = NodeProc::start(&log, "A", &["--no-auto-dial", "--plaintext"]);
     let (mut raw, _) = common::RawPeer::join(sock(&a), &common::default_network());
     let raw_addr = raw.listen_addr();
     a.expect_exact(&format!("peer up: {raw_addr} (id {}, in)", raw.id));
