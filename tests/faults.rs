@@ -486,7 +486,8 @@ fn dialing_tries_untried_live_addresses_before_retrying_failing_ones() {
     });
     let live = start_plain_node(|c| c.auto_dial = false);
     let port = a.addr().port().to_string();
-    let mut args = vec!["127.0.0.1", port.as_str(), "--no-auto-dial"];
+    // Plaintext like `a`, which a raw peer talks to below.
+    let mut args = vec!["127.0.0.1", port.as_str(), "--no-auto-dial", "--plaintext"];
     args.extend_from_slice(&FAST_ARGS);
     let frozen: Vec<NodeProcess> = (0..4).map(|_| NodeProcess::start(&args)).collect();
     assert!(eventually(DEADLINE, || frozen

@@ -184,7 +184,8 @@ fn announced_but_unsent_frames_cost_what_was_sent_in_a_p2p_node_process() {
         WATCHDOG,
     );
     let _one = serial();
-    let node = NodeProcess::start(&["--timeout-ms", "60000", "--no-auto-dial"]);
+    // Plaintext: the raw peers below write bare frames.
+    let node = NodeProcess::start(&["--timeout-ms", "60000", "--no-auto-dial", "--plaintext"]);
     let mut peers: Vec<RawPeer> = (0..PEERS)
         .map(|_| RawPeer::join(node.addr(), &default_network()).0)
         .collect();
