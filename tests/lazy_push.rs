@@ -87,13 +87,7 @@ impl Wire {
 
     /// A BROADCAST from this peer as its origin.
     fn broadcast(&self, seq: u64, hops: u8, text: &str) -> P2PMessage {
-        P2PMessage::Broadcast(Broadcast {
-            origin: self.peer.id,
-            seq,
-            hops,
-            origin_addr: self.peer.listen_addr(),
-            text: text.to_string(),
-        })
+        self.peer.broadcast(seq, hops, text)
     }
 
     /// One whole frame (type byte and body) from the buffer, if one is in.
