@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use p2p_overlay::p2p_message::{
-    read_frame, Announcement, Broadcast, BroadcastId, DEFAULT_MAX_FRAME, MAX_IDS_PER_MESSAGE,
+    read_frame, Announcement, BroadcastId, DEFAULT_MAX_FRAME, MAX_IDS_PER_MESSAGE,
 };
 use p2p_overlay::{Event, NodeId, NodeInfo, P2PMessage};
 

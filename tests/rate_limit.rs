@@ -21,7 +21,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use p2p_overlay::{DownReason, Event, Identity, NodeId, P2PMessage};
+use p2p_overlay::{DownReason, Event, Identity, P2PMessage};
 
 /// Reads and throws away whatever the node sends a raw peer (so its queue towards us
 /// never fills), until the connection closes.
