@@ -80,18 +80,16 @@ fn a_broadcast_flood_is_limited_per_link_and_the_flooder_is_closed() {
     });
     let b = start_node(|c| c.auto_dial = false);
     link(&b, &a);
-    let (mut peer, drainer) = raw_link(&a);
+    // Signed before the raw peer links: 50,000 signatures take seconds in a debug
+    // build, and a link silent that long would time out before the flood.
     let origin = Identity::generate();
-
+    let origin_addr = "127.0.0.1:9".parse().expect("addr");
     let mut flood = Vec::new();
     for seq in 1..=SENT {
-        flood.extend(broadcast_frame(
-            &origin,
-            seq,
-            &peer,
-            &format!("flood {seq}"),
-        ));
+        let b = signed_broadcast(&origin, seq, 1, origin_addr, &format!("flood {seq}"));
+        flood.extend(P2PMessage::Broadcast(b).encode());
     }
+    let (mut peer, drainer) = raw_link(&a);
     let t0 = Instant::now();
     // An error here means A closed us before the last bytes went out.
     let _ = peer.send_bytes(&flood);
