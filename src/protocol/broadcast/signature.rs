@@ -163,4 +163,63 @@ mod tests {
         };
         assert_eq!(zero.verify(), Err(ForgedReason::KeyNotOrigin));
     }
+
+    fn unhex(s: &str) -> Vec<u8> {
+        s.split_whitespace()
+            .map(|b| u8::from_str_radix(b, 16).expect("hex"))
+            .collect()
+    }
+
+    /// The golden signed BROADCAST of docs/PROTOCOL.md section 6, made with the
+    /// secret key of RFC 8032's first Ed25519 test vector, so another implementation
+    /// can check its signed bytes, node id and signature against ours byte by byte.
+    #[test]
+    fn golden_signed_broadcast_from_the_rfc8032_test_key() {
+        let mut pkcs8 = unhex("30 2e 02 01 00 30 05 06 03 2b 65 70 04 22 04 20");
+        pkcs8.extend(unhex(
+            "9d 61 b1 9d ef fd 5a 60 ba 84 4a f4 92 ec 2c c4 \
+             44 49 c5 69 7b 32 69 19 70 3b ac 03 1c ae 7f 60",
+        ));
+        let key = Identity::from_pkcs8_der(&pkcs8).expect("RFC 8032 key");
+        assert_eq!(
+            key.public_key().to_vec(),
+            unhex(
+                "d7 5a 98 01 82 b1 0a b7 d5 4b fe d3 c9 64 07 3a \
+                 0e e1 72 f3 da a6 23 25 af 02 1a 68 f7 07 51 1a"
+            )
+        );
+        assert_eq!(key.node_id(), NodeId(0x06e3_fd8f_da29_bb60));
+        let mut b = Broadcast {
+            origin: key.node_id(),
+            seq: 1,
+            hops: 1,
+            origin_addr: "192.0.2.1:9000".parse().expect("addr"),
+            public_key: [0; 32],
+            signature: [0; 64],
+            text: "hi".into(),
+        };
+        b.sign(&key);
+        assert_eq!(
+            b.signed_bytes(),
+            unhex(
+                "70 32 70 2d 6f 76 65 72 6c 61 79 20 62 72 6f 61 64 63 61 73 74 20 76 33 00 \
+                 06 e3 fd 8f da 29 bb 60  00 00 00 00 00 00 00 01  04 c0 00 02 01 23 28  68 69"
+            )
+        );
+        let sig = unhex(
+            "b3 d6 4f 0e aa 0c 1c 27 6c f1 d4 4a 82 f0 22 92 51 b0 61 95 05 f5 da 25 c5 4d 89 ff \
+             83 e0 c2 23 7b 9c 19 8d e6 8c c9 49 c9 4a 1e 42 c6 2e 71 93 e3 98 66 db a5 6e fd fd \
+             d3 06 6d 79 43 fb 3b 03",
+        );
+        assert_eq!(b.signature.to_vec(), sig);
+        let mut frame = unhex(
+            "00 00 00 7b  05  06 e3 fd 8f da 29 bb 60  00 00 00 00 00 00 00 01  01  \
+             04 c0 00 02 01 23 28",
+        );
+        frame.extend(key.public_key());
+        frame.extend(&sig);
+        frame.extend(b"hi");
+        assert_eq!(P2PMessage::Broadcast(b.clone()).encode(), frame);
+        assert_eq!(b.verify(), Ok(()));
+    }
 }
