@@ -140,7 +140,8 @@ pub enum MessageType {
     Pong,
     /// Peer exchange: listen addresses the sender knows.
     Peers,
-    /// Flooded text with an id, a hop count and the origin's address.
+    /// Flooded text with an id, a hop count, the origin's address, and the origin's
+    /// public key and signature.
     Broadcast,
     /// Graceful goodbye: the receiver drops the link at once.
     Leave,

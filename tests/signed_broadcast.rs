@@ -243,3 +243,51 @@ fn signed_broadcasts_are_relayed_through_a_middle_node_and_delivered_once_everyw
         assert_eq!(node.info().counters.broadcasts_forged, 0);
     }
 }
+
+#[test]
+fn a_forged_answer_to_a_graft_is_dropped_and_the_real_broadcast_is_still_new() {
+    let _watchdog = watchdog(
+        "a_forged_answer_to_a_graft_is_dropped_and_the_real_broadcast_is_still_new",
+        WATCHDOG,
+    );
+    let b = start_node(|c| {
+        c.encryption = Encryption::Plain;
+        c.auto_dial = false;
+    });
+    let (mut raw, _) = RawPeer::join(b.addr(), &default_network());
+    assert!(eventually(DEADLINE, || b.peer_ids().contains(&raw.id)));
+    let origin = Identity::generate();
+    let addr = "192.0.2.7:9000".parse().expect("addr");
+    // The raw peer announces origin's broadcast 1; B, missing it, asks for it.
+    raw.send(&P2PMessage::IHave {
+        ids: vec![p2p_overlay::p2p_message::Announcement {
+            id: (origin.node_id(), 1),
+            hops: 1,
+        }],
+    });
+    let graft = raw.recv_until(|m| matches!(m, P2PMessage::Graft { .. }));
+    match graft {
+        Some(P2PMessage::Graft { ids }) => assert_eq!(ids, [(origin.node_id(), 1)]),
+        other => panic!("no GRAFT: {other:?}"),
+    }
+    // It answers with a forgery: the origin's id, the raw peer's key.
+    let mut forged = signed_broadcast(&raw.identity, 1, 2, addr, "forged answer");
+    forged.origin = origin.node_id();
+    forged.signature = raw.identity.sign(&forged.signed_bytes());
+    raw.send(&P2PMessage::Broadcast(forged));
+    raw.send(&raw.broadcast(1, 1, "marker"));
+    assert!(b.wait_for(|ev| is_broadcast_of(ev, "marker")).is_some());
+    assert_eq!(b.info().counters.broadcasts_forged, 1);
+    assert!(deliveries(&b.history(), origin.node_id()).is_empty());
+    // The real broadcast 1 is still new at B.
+    raw.send(&P2PMessage::Broadcast(signed_broadcast(
+        &origin,
+        1,
+        2,
+        addr,
+        "real answer",
+    )));
+    let got = delivered_after_quiet(&b, origin.node_id(), &["real answer"]);
+    assert_eq!(got, HashMap::from([("real answer".to_string(), 1)]));
+    assert_eq!(b.info().counters.broadcasts_forged, 1);
+}

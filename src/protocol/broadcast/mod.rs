@@ -279,10 +279,11 @@ impl BroadcastTree {
     /// Counts and logs a forged broadcast, which is then dropped: not delivered, not
     /// forwarded, not stored for GRAFT, and not in the seen cache or the replay
     /// window, so the real broadcast with its id is still new when it comes. The link
-    /// stays up: its relay may have been fooled too (it verifies as well, so it
-    /// should not have been, but closing honest links for someone else's forgery
-    /// would help the forger), and the rate limit bounds what a forger can make us
-    /// verify. Logged at warn once per 1,000 so a flood cannot flood the log.
+    /// stays up: a forgery shows that someone made it, not that this neighbour did
+    /// (a relay of another implementation may pass one on unverified), and the rate
+    /// limit already bounds how many a link can make us verify. Logged at warn for
+    /// the first and every 1,000th, at debug otherwise, so a flood of forgeries
+    /// cannot flood the log.
     fn forged(&self, links: &Links, b: &Broadcast, from: &Link, why: ForgedReason) {
         let before = stats::add(&links.stats().broadcasts_forged, 1);
         if before % 1000 == 0 {
