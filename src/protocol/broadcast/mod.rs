@@ -14,9 +14,9 @@
 //! ([`BroadcastTree::sweep`]).
 //!
 //! Signatures ([`signature`]): every broadcast is signed by its origin, and a new one
-//! is verified before anything else happens to it (after the seen cache, the replay
-//! window and the rate limit, so a duplicate costs no verification and a flood of
-//! forgeries costs its link's tokens). A forged one is dropped and counted
+//! is verified before it is remembered, delivered or forwarded. Verification comes
+//! after the seen cache, the replay window and the rate limit, so a duplicate costs
+//! no verification and a flood of forgeries costs its link's tokens first. A forged one is dropped and counted
 //! (`broadcasts_forged`): never delivered, forwarded, stored or remembered, so the
 //! origin's real broadcast of the same id is still new everywhere.
 //!
