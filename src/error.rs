@@ -264,7 +264,7 @@ mod tests {
             ),
             (
                 HandshakeError::Version { theirs: 1 },
-                "protocol version 1 (we speak 2)",
+                "protocol version 1 (we speak 3)",
             ),
             (
                 HandshakeError::Network {

@@ -32,11 +32,9 @@ use rustls_pki_types::pem::{PemObject, SectionKind};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::p2p_message::NodeId;
-
-/// Bytes of an Ed25519 public key.
-pub const PUBLIC_KEY_LEN: usize = 32;
-/// Bytes of an Ed25519 signature.
-pub const SIGNATURE_LEN: usize = 64;
+/// Bytes of an Ed25519 public key, and of a signature: defined with the BROADCAST
+/// layout that carries them.
+pub use crate::p2p_message::{PUBLIC_KEY_LEN, SIGNATURE_LEN};
 
 /// The DER `SubjectPublicKeyInfo` of an Ed25519 key is these 12 bytes, then the 32
 /// key bytes (RFC 8410): SEQUENCE { SEQUENCE { OID 1.3.101.112 }, BIT STRING }.

@@ -282,7 +282,7 @@ impl Node {
         shared
             .protocols
             .broadcast
-            .originate(&shared.links, text, origin)
+            .originate(&shared.links, &shared.identity, text, origin)
     }
 
     /// The live links (the C++ `printPeers`, minus the printing).

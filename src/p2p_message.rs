@@ -28,7 +28,22 @@ use byteorder::{BigEndian, ByteOrder, WriteBytesExt};
 
 /// Version carried in every JOIN. A node closes links whose version differs, because
 /// this protocol has no negotiation: both sides must parse each other's frames.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version 3 added the origin's public key and signature to BROADCAST.
+pub const PROTOCOL_VERSION: u16 = 3;
+
+/// Bytes of an Ed25519 public key, as BROADCAST carries it. Defined here, with the
+/// wire layout, and re-exported by `identity` (which imports this module, so this
+/// one cannot import it).
+pub const PUBLIC_KEY_LEN: usize = 32;
+
+/// Bytes of an Ed25519 signature, as BROADCAST carries it.
+pub const SIGNATURE_LEN: usize = 64;
+
+/// What every broadcast signature signs first (NUL included), so a signature made
+/// for a broadcast can never be taken for one over some other message of this or
+/// another protocol that the same key signs (the TLS handshake, a later message
+/// type), and a later layout gets a domain of its own.
+pub const BROADCAST_SIGNING_DOMAIN: &[u8] = b"p2p-overlay broadcast v3\0";
 
 /// Default cap on `length` (1 MiB). Large enough for any text a person types, small
 /// enough that a hostile length prefix costs at most this much memory per connection.
@@ -125,7 +140,8 @@ pub enum MessageType {
     Pong,
     /// Peer exchange: listen addresses the sender knows.
     Peers,
-    /// Flooded text with an id, a hop count and the origin's address.
+    /// Flooded text with an id, a hop count, the origin's address, and the origin's
+    /// public key and signature.
     Broadcast,
     /// Graceful goodbye: the receiver drops the link at once.
     Leave,
@@ -201,6 +217,15 @@ pub struct Join {
 
 /// A flooded message: delivered once by every node, forwarded on every link but the one
 /// it came in on.
+///
+/// Signed by its origin (docs/PROTOCOL.md 3.5 "Signatures"): `public_key` must hash to
+/// `origin` and `signature` must be that key's signature of
+/// [`signed_bytes`](Broadcast::signed_bytes). Without it any neighbour could claim any
+/// origin's id and, by taking that origin's next sequence numbers first, get the real
+/// broadcasts dropped as duplicates everywhere. The bytes to sign are built here, with
+/// the layout; [`sign`](Broadcast::sign) and [`verify`](Broadcast::verify) are in
+/// `protocol::broadcast::signature`, because they need `identity`, which imports this
+/// module.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Broadcast {
     /// The id of the node that first sent it; with `seq` the message's unique id.
@@ -213,8 +238,56 @@ pub struct Broadcast {
     /// The origin's listen address, for display: receivers several hops away have no
     /// link to the origin to look it up.
     pub origin_addr: SocketAddr,
+    /// The origin's Ed25519 public key; its hash is the origin's id (`identity`).
+    pub public_key: [u8; PUBLIC_KEY_LEN],
+    /// The origin's signature of [`signed_bytes`](Broadcast::signed_bytes).
+    pub signature: [u8; SIGNATURE_LEN],
     /// The text, verbatim.
     pub text: String,
+}
+
+impl Broadcast {
+    /// The bytes the origin signs: [`BROADCAST_SIGNING_DOMAIN`], origin id (u64 BE),
+    /// seq (u64 BE), the origin address exactly as on the wire (`addr`), then the
+    /// text. Everything that identifies or shows the broadcast, so none of it can be
+    /// changed on the way; not `hops`, which every relay changes, and not the key and
+    /// signature themselves (the key is bound to `origin` by its hash instead). The
+    /// text goes last with no length: every field before it has a fixed or
+    /// self-delimiting size, so two different broadcasts never give the same bytes.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(
+            BROADCAST_SIGNING_DOMAIN.len()
+                + 16
+                + ip_len(Some(self.origin_addr.ip()))
+                + 2
+                + self.text.len(),
+        );
+        v.extend_from_slice(BROADCAST_SIGNING_DOMAIN);
+        let _ = v.write_u64::<BigEndian>(self.origin.0);
+        let _ = v.write_u64::<BigEndian>(self.seq);
+        put_socket_addr(&mut v, &self.origin_addr);
+        v.extend_from_slice(self.text.as_bytes());
+        v
+    }
+}
+
+/// Why a broadcast's signature was refused ([`Broadcast::verify`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForgedReason {
+    /// The public key does not hash to the origin id: someone else's key.
+    KeyNotOrigin,
+    /// The signature is not the key's signature of the signed bytes (made by another
+    /// key, or a field was changed after signing).
+    BadSignature,
+}
+
+impl fmt::Display for ForgedReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ForgedReason::KeyNotOrigin => write!(f, "public key is not the origin's"),
+            ForgedReason::BadSignature => write!(f, "signature does not verify"),
+        }
+    }
 }
 
 /// One decoded frame. The C++ `struct P2PMessage { type; content; }` kept every payload
@@ -512,6 +585,8 @@ impl P2PMessage {
                 let _ = buf.write_u64::<BigEndian>(b.seq);
                 buf.push(b.hops);
                 put_socket_addr(buf, &b.origin_addr);
+                buf.extend_from_slice(&b.public_key);
+                buf.extend_from_slice(&b.signature);
                 buf.extend_from_slice(b.text.as_bytes());
             }
             P2PMessage::IHave { ids } => {
@@ -568,7 +643,13 @@ impl P2PMessage {
                     .sum::<usize>()
             }
             P2PMessage::Broadcast(b) => {
-                8 + 8 + 1 + ip_len(Some(b.origin_addr.ip())) + 2 + b.text.len()
+                8 + 8
+                    + 1
+                    + ip_len(Some(b.origin_addr.ip()))
+                    + 2
+                    + PUBLIC_KEY_LEN
+                    + SIGNATURE_LEN
+                    + b.text.len()
             }
             P2PMessage::IHave { ids } => 2 + 17 * ids.len().min(MAX_IDS_PER_MESSAGE),
             P2PMessage::Graft { ids } => 2 + 16 * ids.len().min(MAX_IDS_PER_MESSAGE),
@@ -639,12 +720,16 @@ impl P2PMessage {
                 let seq = b.u64()?;
                 let hops = b.u8()?;
                 let origin_addr = b.socket_addr()?;
+                let public_key = b.array::<PUBLIC_KEY_LEN>()?;
+                let signature = b.array::<SIGNATURE_LEN>()?;
                 let text = utf8(b.rest())?;
                 P2PMessage::Broadcast(Broadcast {
                     origin,
                     seq,
                     hops,
                     origin_addr,
+                    public_key,
+                    signature,
                     text,
                 })
             }
@@ -786,6 +871,12 @@ impl<'a> Body<'a> {
         Ok(self.take(1)?[0])
     }
 
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+
     fn u16(&mut self) -> Result<u16, DecodeError> {
         Ok(BigEndian::read_u16(self.take(2)?))
     }
@@ -861,6 +952,8 @@ mod tests {
                 seq: 3,
                 hops: 2,
                 origin_addr: addr("192.168.1.2:9000"),
+                public_key: [0x11; PUBLIC_KEY_LEN],
+                signature: [0x22; SIGNATURE_LEN],
                 text: "to everyone".into(),
             }),
             P2PMessage::Leave,
@@ -1002,7 +1095,7 @@ mod tests {
     #[test]
     fn golden_join_frame() {
         let j = P2PMessage::Join(Join {
-            version: 2,
+            version: 3,
             node_id: NodeId(0xAB),
             listen_port: 9000,
             network: "n".into(),
@@ -1013,7 +1106,7 @@ mod tests {
         let want = [
             0, 0, 0, 21,                  // length: type + 20 body bytes
             0,                            // JOIN
-            0, 2,                         // version
+            0, 3,                         // version
             0, 0, 0, 0, 0, 0, 0, 0xAB,    // node id
             0x23, 0x28,                   // listen port 9000
             1, b'n',                      // network name
@@ -1029,22 +1122,30 @@ mod tests {
             addrs: vec![addr("10.1.2.3:80")],
         };
         assert_eq!(p.encode(), [0, 0, 0, 10, 4, 0, 1, 4, 10, 1, 2, 3, 0, 80]);
+        // Key and signature are placeholders here (the layout does not check them);
+        // protocol/broadcast/signature.rs tests real ones.
+        let key: [u8; PUBLIC_KEY_LEN] = std::array::from_fn(|i| i as u8);
+        let sig: [u8; SIGNATURE_LEN] = std::array::from_fn(|i| 0x80 | i as u8);
         let b = P2PMessage::Broadcast(Broadcast {
             origin: NodeId(1),
             seq: 2,
             hops: 3,
             origin_addr: addr("1.2.3.4:5"),
+            public_key: key,
+            signature: sig,
             text: "x".into(),
         });
         #[rustfmt::skip]
-        let want = [
-            0, 0, 0, 26, 5,
+        let mut want = vec![
+            0, 0, 0, 122, 5,         // length: type + 121 body bytes; BROADCAST
             0, 0, 0, 0, 0, 0, 0, 1,  // origin
             0, 0, 0, 0, 0, 0, 0, 2,  // seq
             3,                       // hops
             4, 1, 2, 3, 4, 0, 5,     // origin address
-            b'x',
         ];
+        want.extend_from_slice(&key); // public key, 00 01 .. 1f
+        want.extend_from_slice(&sig); // signature, 80 81 .. bf
+        want.push(b'x'); // text
         assert_eq!(b.encode(), want);
     }
 
@@ -1119,6 +1220,8 @@ mod tests {
             seq: 1,
             hops: 0,
             origin_addr: addr("1.2.3.4:5"),
+            public_key: [0; PUBLIC_KEY_LEN],
+            signature: [0; SIGNATURE_LEN],
             text: String::new(),
         })
         .encode();

@@ -73,15 +73,26 @@ fn broadcast() -> impl Strategy<Value = Broadcast> {
         any::<u64>(),
         any::<u8>(),
         socket_addr(),
+        (any::<[u8; 32]>(), any::<[u8; 32]>(), any::<[u8; 32]>()),
         text(200),
     )
-        .prop_map(|(origin, seq, hops, origin_addr, text)| Broadcast {
-            origin: NodeId(origin),
-            seq,
-            hops,
-            origin_addr,
-            text,
-        })
+        .prop_map(
+            |(origin, seq, hops, origin_addr, (public_key, sig_a, sig_b), text)| {
+                // Any bytes: the codec does not check signatures (the receiver does).
+                let mut signature = [0u8; 64];
+                signature[..32].copy_from_slice(&sig_a);
+                signature[32..].copy_from_slice(&sig_b);
+                Broadcast {
+                    origin: NodeId(origin),
+                    seq,
+                    hops,
+                    origin_addr,
+                    public_key,
+                    signature,
+                    text,
+                }
+            },
+        )
 }
 
 fn message() -> impl Strategy<Value = P2PMessage> {

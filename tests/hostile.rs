@@ -520,6 +520,8 @@ fn broadcast_with_invalid_utf8_closes_the_link_and_is_not_forwarded() {
         seq: 1,
         hops: 1,
         origin_addr: "127.0.0.1:9".parse().expect("addr"),
+        public_key: [0; 32],
+        signature: [0; 64],
         text: "bad".into(),
     })
     .encode();
@@ -591,13 +593,7 @@ fn unknown_frame_types_are_ignored_and_the_link_stays_up() {
 }
 
 fn broadcast_from(raw: &RawPeer, seq: u64, hops: u8, text: &str) -> P2PMessage {
-    P2PMessage::Broadcast(Broadcast {
-        origin: raw.id,
-        seq,
-        hops,
-        origin_addr: raw.listen_addr(),
-        text: text.to_string(),
-    })
+    raw.broadcast(seq, hops, text)
 }
 
 #[test]
@@ -703,6 +699,8 @@ fn replayed_and_self_originated_broadcasts_are_dropped_as_duplicates() {
         seq: 1,
         hops: 3,
         origin_addr: f.a.addr(),
+        public_key: [0; 32],
+        signature: [0; 64],
         text: "spoofed".into(),
     }));
     raw.send(&broadcast_from(&raw, 2, 1, "barrier"));

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use p2p_overlay::p2p_message::{
-    read_frame, Announcement, Broadcast, BroadcastId, DEFAULT_MAX_FRAME, MAX_IDS_PER_MESSAGE,
+    read_frame, Announcement, BroadcastId, DEFAULT_MAX_FRAME, MAX_IDS_PER_MESSAGE,
 };
 use p2p_overlay::{Event, NodeId, NodeInfo, P2PMessage};
 
@@ -87,13 +87,7 @@ impl Wire {
 
     /// A BROADCAST from this peer as its origin.
     fn broadcast(&self, seq: u64, hops: u8, text: &str) -> P2PMessage {
-        P2PMessage::Broadcast(Broadcast {
-            origin: self.peer.id,
-            seq,
-            hops,
-            origin_addr: self.peer.listen_addr(),
-            text: text.to_string(),
-        })
+        self.peer.broadcast(seq, hops, text)
     }
 
     /// One whole frame (type byte and body) from the buffer, if one is in.

@@ -21,8 +21,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use p2p_overlay::p2p_message::Broadcast;
-use p2p_overlay::{DownReason, Event, NodeId, P2PMessage};
+use p2p_overlay::{DownReason, Event, Identity, P2PMessage};
 
 /// Reads and throws away whatever the node sends a raw peer (so its queue towards us
 /// never fills), until the connection closes.
@@ -35,15 +34,10 @@ fn drain(stream: &TcpStream) -> thread::JoinHandle<()> {
     })
 }
 
-fn broadcast_frame(origin: NodeId, seq: u64, peer: &RawPeer, text: &str) -> Vec<u8> {
-    P2PMessage::Broadcast(Broadcast {
-        origin,
-        seq,
-        hops: 1,
-        origin_addr: peer.listen_addr(),
-        text: text.to_string(),
-    })
-    .encode()
+/// A BROADCAST frame from `origin`, signed with its key (the node verifies every new
+/// one), relayed by `peer`.
+fn broadcast_frame(origin: &Identity, seq: u64, peer: &RawPeer, text: &str) -> Vec<u8> {
+    P2PMessage::Broadcast(signed_broadcast(origin, seq, 1, peer.listen_addr(), text)).encode()
 }
 
 /// A raw peer joined to `node`, with a thread draining what the node sends it, once
@@ -86,13 +80,16 @@ fn a_broadcast_flood_is_limited_per_link_and_the_flooder_is_closed() {
     });
     let b = start_plain_node(|c| c.auto_dial = false);
     link(&b, &a);
-    let (mut peer, drainer) = raw_link(&a);
-    let origin = NodeId::random();
-
+    // Signed before the raw peer links: 50,000 signatures take seconds in a debug
+    // build, and a link silent that long would time out before the flood.
+    let origin = Identity::generate();
+    let origin_addr = "127.0.0.1:9".parse().expect("addr");
     let mut flood = Vec::new();
     for seq in 1..=SENT {
-        flood.extend(broadcast_frame(origin, seq, &peer, &format!("flood {seq}")));
+        let b = signed_broadcast(&origin, seq, 1, origin_addr, &format!("flood {seq}"));
+        flood.extend(P2PMessage::Broadcast(b).encode());
     }
+    let (mut peer, drainer) = raw_link(&a);
     let t0 = Instant::now();
     // An error here means A closed us before the last bytes went out.
     let _ = peer.send_bytes(&flood);
@@ -131,7 +128,7 @@ fn a_broadcast_flood_is_limited_per_link_and_the_flooder_is_closed() {
         let mut more = Vec::new();
         for _ in 0..1_000 {
             seq += 1;
-            more.extend(broadcast_frame(origin, seq, &peer, "more"));
+            more.extend(broadcast_frame(&origin, seq, &peer, "more"));
         }
         if peer.send_bytes(&more).is_err() {
             break;
@@ -217,20 +214,22 @@ fn replayed_broadcasts_stay_duplicates_after_the_seen_cache_forgot_them() {
         c.seen_cache_size = 16;
     });
     let (mut first, _d1) = raw_link(&a);
-    let origin = NodeId::random();
+    let origin = Identity::generate();
     let originals: Vec<u8> = (1..=N)
-        .flat_map(|seq| broadcast_frame(origin, seq, &first, &format!("original {seq}")))
+        .flat_map(|seq| broadcast_frame(&origin, seq, &first, &format!("original {seq}")))
         .collect();
     first.send_bytes(&originals).expect("sent");
     let mut got = 0;
     while got < N {
-        a.wait_for(|ev| matches!(ev, Event::Broadcast { origin_id, .. } if *origin_id == origin))
-            .unwrap_or_else(|| panic!("only {got} of {N} originals delivered"));
+        a.wait_for(
+            |ev| matches!(ev, Event::Broadcast { origin_id, .. } if *origin_id == origin.node_id()),
+        )
+        .unwrap_or_else(|| panic!("only {got} of {N} originals delivered"));
         got += 1;
     }
     // Other origins' broadcasts push every original out of the seen cache.
     let others: Vec<u8> = (0..200u64)
-        .flat_map(|k| broadcast_frame(NodeId::random(), 1, &first, &format!("other {k}")))
+        .flat_map(|k| broadcast_frame(&Identity::generate(), 1, &first, &format!("other {k}")))
         .collect();
     first.send_bytes(&others).expect("sent");
     assert!(a.wait_for(|ev| is_broadcast_of(ev, "other 199")).is_some());
@@ -240,14 +239,14 @@ fn replayed_broadcasts_stay_duplicates_after_the_seen_cache_forgot_them() {
     // replay before it on that connection has been handled.
     let (mut second, _d2) = raw_link(&a);
     let mut replay: Vec<u8> = (1..=N)
-        .flat_map(|seq| broadcast_frame(origin, seq, &second, &format!("original {seq}")))
+        .flat_map(|seq| broadcast_frame(&origin, seq, &second, &format!("original {seq}")))
         .collect();
-    replay.extend(broadcast_frame(NodeId::random(), 1, &second, "marker"));
+    replay.extend(broadcast_frame(&Identity::generate(), 1, &second, "marker"));
     let before = a.info().counters;
     second.send_bytes(&replay).expect("sent");
     let mut replayed = 0;
     a.wait_for(|ev| {
-        if matches!(ev, Event::Broadcast { origin_id, .. } if *origin_id == origin) {
+        if matches!(ev, Event::Broadcast { origin_id, .. } if *origin_id == origin.node_id()) {
             replayed += 1;
         }
         is_broadcast_of(ev, "marker")

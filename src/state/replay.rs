@@ -30,12 +30,11 @@
 //! instead would let the same flood leave every later origin unprotected, so LRU is
 //! the lesser evil.
 //!
-//! Without signed broadcasts the window is only as good as the origin ids: a
-//! neighbour can already forge any id, and a forged far-future number moves that
-//! origin's window past its real broadcasts at the nodes it reaches (until the entry
-//! is evicted). Predictable sequence numbers already let a forger pre-empt an
-//! origin's next ids in the seen cache; signed origins (planned, `identity.rs`)
-//! close both.
+//! Only broadcasts their origin signed reach the window (`protocol::broadcast`
+//! verifies a new one before it takes its number), so a neighbour cannot move an
+//! origin's window past its real broadcasts with a forged far-future number, nor
+//! pre-empt its next ids; what it can still do is replay the origin's real
+//! broadcasts, which is what the window refuses.
 //!
 //! Plain data, no lock, no clock: the caller passes the time in (ms).
 

@@ -132,6 +132,11 @@ counters! {
     /// Broadcast copies the seen cache no longer knew but the origin's replay window
     /// did (already taken, or too old); also counted in `duplicates_dropped`.
     replays_dropped,
+    /// New broadcasts dropped because their signature was not their origin's (the
+    /// key does not hash to the origin id, or the signature does not verify): not
+    /// delivered, not forwarded, not remembered, so the origin's real broadcast with
+    /// that id still gets through.
+    broadcasts_forged,
     /// Addresses in PEERS lists ignored because the sender's /24 (/48) already has
     /// `NEW_PER_SOURCE` never-tried entries in the address book.
     addrs_ignored,

@@ -16,8 +16,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError};
-use p2p_overlay::p2p_message::{read_frame, Join, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
-use p2p_overlay::{Config, Event, Node, NodeId, P2PMessage};
+use p2p_overlay::p2p_message::{read_frame, Broadcast, Join, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
+use p2p_overlay::{Config, Event, Identity, Node, NodeId, P2PMessage};
 
 /// How long any single wait may take before the test gives up. Generous, because two
 /// cores run many tests at once; a passing test never waits this long.
@@ -248,7 +248,11 @@ pub fn down_reason(ev: &Event) -> String {
 /// A hand-driven peer: a plain TCP socket that sends and reads frames, so tests can
 /// behave in ways a real node never would (stay silent, skip the JOIN, ...).
 pub struct RawPeer {
+    /// The id our JOIN announces: `identity.node_id()` unless a test chose another
+    /// ([`join_with`](RawPeer::join_with)).
     pub id: NodeId,
+    /// Our key, which signs the broadcasts we originate ([`broadcast`](RawPeer::broadcast)).
+    pub identity: Identity,
     pub stream: TcpStream,
     /// Held open so the listen port announced in our JOIN belongs to us. It never
     /// accepts: a node that dials it back just waits for a JOIN that never comes.
@@ -266,8 +270,10 @@ impl RawPeer {
         let stream = TcpStream::connect_timeout(&addr, DEADLINE)?;
         stream.set_read_timeout(Some(DEADLINE))?;
         stream.set_write_timeout(Some(DEADLINE))?;
+        let identity = Identity::generate();
         Ok(RawPeer {
-            id: NodeId::random(),
+            id: identity.node_id(),
+            identity,
             stream,
             listener: TcpListener::bind((localhost(), 0))?,
         })
@@ -305,6 +311,18 @@ impl RawPeer {
             advertise: None,
             observed: None,
         })
+    }
+
+    /// A BROADCAST with us as its origin, signed with our key, as a node would send
+    /// it (origin address: our listen address).
+    pub fn broadcast(&self, seq: u64, hops: u8, text: &str) -> P2PMessage {
+        P2PMessage::Broadcast(signed_broadcast(
+            &self.identity,
+            seq,
+            hops,
+            self.listen_addr(),
+            text,
+        ))
     }
 
     pub fn send(&mut self, msg: &P2PMessage) {
@@ -435,12 +453,36 @@ impl RawPeer {
         let stream = TcpStream::from(socket);
         stream.set_read_timeout(Some(DEADLINE))?;
         stream.set_write_timeout(Some(DEADLINE))?;
+        let identity = Identity::generate();
         Ok(RawPeer {
-            id: NodeId::random(),
+            id: identity.node_id(),
+            identity,
             stream,
             listener: TcpListener::bind((src, 0))?,
         })
     }
+}
+
+/// A broadcast from `origin` (its id and its key), signed, as the origin's node
+/// makes it. Change a field afterwards to make a forgery.
+pub fn signed_broadcast(
+    origin: &Identity,
+    seq: u64,
+    hops: u8,
+    origin_addr: SocketAddr,
+    text: &str,
+) -> Broadcast {
+    let mut b = Broadcast {
+        origin: origin.node_id(),
+        seq,
+        hops,
+        origin_addr,
+        public_key: [0; 32],
+        signature: [0; 64],
+        text: text.to_string(),
+    };
+    b.sign(origin);
+    b
 }
 
 /// A frame with an arbitrary type byte and body: length prefix (type + body), type,

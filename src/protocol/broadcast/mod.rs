@@ -13,6 +13,13 @@
 //! racing sender made again for a connection already gone is swept at the next tick
 //! ([`BroadcastTree::sweep`]).
 //!
+//! Signatures ([`signature`]): every broadcast is signed by its origin, and a new one
+//! is verified before it is remembered, delivered or forwarded. Verification comes
+//! after the seen cache, the replay window and the rate limit, so a duplicate costs
+//! no verification and a flood of forgeries costs its link's tokens first. A forged one is dropped and counted
+//! (`broadcasts_forged`): never delivered, forwarded, stored or remembered, so the
+//! origin's real broadcast of the same id is still new everywhere.
+//!
 //! Rate limit: a broadcast whose id is neither in the seen cache nor taken in its
 //! origin's window is *new*, and only a new one takes a token from its link's
 //! bucket (a duplicate is dropped anyway, at no further cost). One refused by the
@@ -26,6 +33,7 @@
 //! frame is queued.
 
 pub(crate) mod lazy_push;
+pub(crate) mod signature;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -38,9 +46,11 @@ use parking_lot::Mutex;
 use crate::config::Config;
 use crate::error::Error;
 use crate::event::Event;
+use crate::identity::Identity;
 use crate::links::{Link, Links, Queued, RELAY_WAIT};
 use crate::p2p_message::{
-    Announcement, Broadcast, BroadcastId, NodeId, P2PMessage, LEN_PREFIX, MAX_IDS_PER_MESSAGE,
+    Announcement, Broadcast, BroadcastId, ForgedReason, NodeId, P2PMessage, LEN_PREFIX,
+    MAX_IDS_PER_MESSAGE, PUBLIC_KEY_LEN, SIGNATURE_LEN,
 };
 use crate::state::rate_limit::{RateLimiter, Verdict};
 use crate::state::replay::{Replay, ReplayGuard};
@@ -127,23 +137,35 @@ impl BroadcastTree {
         self.lazy.stored()
     }
 
-    /// Sends `text` to the overlay as this node's next broadcast, naming
+    /// Sends `text` to the overlay as this node's next broadcast, signed by
+    /// `identity` (the node's, `Shared::identity`: its id is this tree's), naming
     /// `origin_addr` as where it comes from. The caller waits (up to the peer
     /// timeout) for room on a full link; a peer that stays stuck is dropped. Returns
     /// the number of neighbours it was sent or announced to.
     pub(crate) fn originate(
         &self,
         links: &Links,
+        identity: &Identity,
         text: &str,
         origin_addr: SocketAddr,
     ) -> Result<usize, Error> {
-        let b = Broadcast {
+        debug_assert_eq!(
+            identity.node_id(),
+            self.id,
+            "signing with another node's key"
+        );
+        let mut b = Broadcast {
             origin: self.id,
             seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
             hops: 1,
             origin_addr,
+            public_key: [0; PUBLIC_KEY_LEN],
+            signature: [0; SIGNATURE_LEN],
             text: text.to_string(),
         };
+        // In plaintext mode too: the signature is what makes the origin id true,
+        // whatever carries the frame.
+        b.sign(identity);
         let id = (b.origin, b.seq);
         let msg = P2PMessage::Broadcast(b);
         let len = msg.encoded_len() - LEN_PREFIX;
@@ -166,7 +188,8 @@ impl BroadcastTree {
     /// get it, lazy ones an announcement) while its hop count is below the limit. A
     /// copy we already had makes `from` lazy for its origin (PRUNE), unless it came by
     /// a shorter path than our parent's copy. A new broadcast takes a token from
-    /// `limit`, `from`'s bucket; without one it is dropped, unremembered.
+    /// `limit`, `from`'s bucket; without one it is dropped, unremembered. A new one
+    /// whose signature is not its origin's is dropped, unremembered, and counted.
     ///
     /// Returns whether delivering had to wait for the application, or the verdict of
     /// a refusing `limit` (already counted).
@@ -202,6 +225,14 @@ impl BroadcastTree {
                     );
                 }
                 return Err(verdict);
+            }
+            // Only a new one is verified: a duplicate of an id we took was verified
+            // when we took it (verification is per node, not per copy), and one the
+            // replay window refuses is dropped anyway. Outside the `seen` lock: it is
+            // the most expensive step of a broadcast (about 37 µs).
+            if let Err(why) = b.verify() {
+                self.forged(links, &b, from, why);
+                return Ok(false);
             }
         }
         let now = Instant::now();
@@ -243,6 +274,34 @@ impl BroadcastTree {
             hops: b.hops,
             text: b.text,
         }))
+    }
+
+    /// Counts and logs a forged broadcast, which is then dropped: not delivered, not
+    /// forwarded, not stored for GRAFT, and not in the seen cache or the replay
+    /// window, so the real broadcast with its id is still new when it comes. The link
+    /// stays up: a forgery shows that someone made it, not that this neighbour did
+    /// (a relay of another implementation may pass one on unverified), and the rate
+    /// limit already bounds how many a link can make us verify. Logged at warn for
+    /// the first and every 1,000th, at debug otherwise, so a flood of forgeries
+    /// cannot flood the log.
+    fn forged(&self, links: &Links, b: &Broadcast, from: &Link, why: ForgedReason) {
+        let before = stats::add(&links.stats().broadcasts_forged, 1);
+        if before % 1000 == 0 {
+            log::warn!(
+                "{}: dropping forged broadcast {}:{} ({why}; {} forged so far)",
+                from.addr(),
+                b.origin,
+                b.seq,
+                before + 1
+            );
+        } else {
+            log::debug!(
+                "{}: dropping forged broadcast {}:{} ({why})",
+                from.addr(),
+                b.origin,
+                b.seq
+            );
+        }
     }
 
     /// Sends a broadcast frame on every eager link and announces it on every lazy one,
