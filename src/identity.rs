@@ -7,7 +7,7 @@
 //! It is the same after every restart with the same key file, and a second key cannot
 //! produce it without breaking SHA-256. Who holds the key proves it twice: in TLS (the
 //! certificate's key signs the handshake) and in every broadcast it originates (the
-//! signature that `protocol::broadcast` checks). docs/PROTOCOL.md section 8 has the
+//! signature that `protocol::broadcast` checks). docs/PROTOCOL.md section 1.1 has the
 //! exact bytes.
 //!
 //! Ed25519 rather than ECDSA P-256: a key is 32 bytes and a signature 64, signing

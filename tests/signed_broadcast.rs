@@ -3,10 +3,11 @@
 //! The attack this defeats was real: a peer that knew an origin's id sent 50
 //! broadcasts "from" it with seq 1-50; every node delivered them as that origin's,
 //! and the origin's next real broadcasts were then dropped everywhere as
-//! duplicates. Here a raw peer joined to B sends forgeries of three kinds for A's
-//! seq 1-50; neither B nor C (linked to B) delivers any, B counts them all in
+//! duplicates. Here a raw peer joined to B learns A's last sequence number from a
+//! broadcast B forwards, and sends forgeries of three kinds for A's next 50 numbers;
+//! neither B nor C (linked to B) delivers any, B counts them all in
 //! `broadcasts_forged` and remembers none of them, and A's next three real
-//! broadcasts, seq 1-3, are delivered at B and C exactly once.
+//! broadcasts (the numbers the forgeries took) are delivered at B and C exactly once.
 //!
 //! Raw peers speak plaintext TCP, so the nodes they talk to run
 //! `Encryption::Plain` (and so do the nodes linked to those: a plaintext node and a
@@ -99,16 +100,24 @@ fn fifty_forged_broadcasts_are_dropped_and_the_origins_real_ones_still_arrive() 
     assert_eq!(a.id(), id_a.node_id());
 
     let (mut raw, _) = RawPeer::join(b.addr(), &default_network());
-    let _drainer = drain(&raw.stream);
     assert!(
         eventually(DEADLINE, || b.peer_ids().contains(&raw.id)),
         "B never listed the raw peer"
     );
+    // The attacker learns A's current sequence number the way a neighbour would: from
+    // A's last broadcast, which B forwards to it. The forgeries take A's next ones.
+    assert!(a.broadcast_data("first").expect("broadcast") > 0);
+    let last =
+        match raw.recv_until(|m| matches!(m, P2PMessage::Broadcast(bc) if bc.origin == a.id())) {
+            Some(P2PMessage::Broadcast(bc)) => bc.seq,
+            other => panic!("the raw peer never got A's broadcast: {other:?}"),
+        };
+    let _drainer = drain(&raw.stream);
     let attacker = raw.identity.clone();
     let a_addr = a.advertised_addr();
 
     let mut frames = Vec::new();
-    for seq in 1..=N {
+    for seq in last + 1..=last + N {
         // (a) A's id and key, a garbage signature.
         let mut garbage = signed_broadcast(&id_a, seq, 1, a_addr, &format!("garbage {seq}"));
         garbage.signature = [seq as u8; 64];
@@ -139,29 +148,33 @@ fn fifty_forged_broadcasts_are_dropped_and_the_origins_real_ones_still_arrive() 
     let forged = b.info().counters.broadcasts_forged;
     assert_eq!(forged, 3 * N, "{:?}", b.info().counters);
     for node in [&b, &c] {
-        let from_a = deliveries(&node.history(), a.id());
+        let mut from_a = deliveries(&node.history(), a.id());
+        assert_eq!(from_a.remove("first"), Some(1), "A's real broadcast");
         assert!(from_a.is_empty(), "forgeries delivered: {from_a:?}");
     }
     // None reached C (B forwarded none), and A got none of its own back.
     assert_eq!(c.info().counters.broadcasts_forged, 0);
     assert_eq!(a.info().counters.broadcasts_forged, 0);
-    // B remembers the marker only: no forgery is in its seen cache, its replay
-    // windows or its GRAFT store.
+    // B remembers A's "first" and the marker only: no forgery is in its seen cache,
+    // its replay windows or its GRAFT store.
     let info = b.info();
-    assert_eq!(info.seen_ids, 1, "{info:?}");
-    assert_eq!(info.replay_origins, 1, "{info:?}");
-    assert_eq!(info.stored_broadcasts, 1, "{info:?}");
+    assert_eq!(info.seen_ids, 2, "{info:?}");
+    assert_eq!(info.replay_origins, 2, "{info:?}");
+    assert_eq!(info.stored_broadcasts, 2, "{info:?}");
     // Forgeries do not close the link.
     assert!(b.peer_ids().contains(&raw.id), "B closed the raw peer");
 
-    // A's real broadcasts, seq 1, 2, 3: the ids the forgeries tried to take.
+    // A's real broadcasts, its next three numbers: the ids the forgeries tried to take.
     let texts = ["real 1", "real 2", "real 3"];
     for text in texts {
         assert!(a.broadcast_data(text).expect("broadcast") > 0);
     }
     for node in [&b, &c] {
         let got = delivered_after_quiet(node, a.id(), &texts);
-        let want: HashMap<String, usize> = texts.iter().map(|t| (t.to_string(), 1)).collect();
+        let want: HashMap<String, usize> = std::iter::once("first")
+            .chain(texts)
+            .map(|t| (t.to_string(), 1))
+            .collect();
         assert_eq!(got, want, "at {}", node.addr());
     }
     // Still no forgery anywhere but the ones the raw peer sent.

@@ -93,13 +93,28 @@ impl Seen {
     }
 }
 
+/// The first sequence number of a node run started at `now`: the time in Unix
+/// microseconds (at least 1). A node keeps its id across restarts (its key file), so
+/// numbers must keep rising across runs too: starting again at 1 made every node drop
+/// a restarted node's broadcasts as replays until it passed its old highest number.
+/// One run would have to broadcast more than a million times a second, or the clock
+/// go back between runs, for a restart to reuse a number.
+fn first_seq(now: std::time::SystemTime) -> u64 {
+    let us = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2))
+        .unwrap_or(0);
+    us.max(1)
+}
+
 /// The broadcast protocol's state; see the module docs.
 pub(crate) struct BroadcastTree {
     id: NodeId,
     hop_limit: u8,
     max_frame: u32,
     seen: Mutex<Seen>,
-    /// This node's next broadcast sequence number (the first is 1).
+    /// This node's next broadcast sequence number; the first is the start time in
+    /// Unix microseconds ([`first_seq`]).
     next_seq: AtomicU64,
     lazy: LazyPush,
     /// Each link's part in the trees, by connection id.
@@ -116,7 +131,7 @@ impl BroadcastTree {
                 cache: SeenCache::new(config.seen_cache_size, config.seen_cache_ttl),
                 replay: ReplayGuard::new(config.replay_origins),
             }),
-            next_seq: AtomicU64::new(1),
+            next_seq: AtomicU64::new(first_seq(std::time::SystemTime::now())),
             lazy: LazyPush::default(),
             trees: Mutex::new(HashMap::new()),
         }
@@ -530,4 +545,19 @@ fn send_chunked<T: Clone>(
         queued += chunk.len();
     }
     queued
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_seq_is_the_start_time_in_microseconds_so_a_restart_counts_on() {
+        use std::time::{Duration, UNIX_EPOCH};
+        assert_eq!(first_seq(UNIX_EPOCH), 1);
+        assert_eq!(first_seq(UNIX_EPOCH + Duration::from_secs(2)), 2_000_000);
+        let before = first_seq(UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+        let after = first_seq(UNIX_EPOCH + Duration::from_secs(1_800_000_001));
+        assert!(after >= before + 1_000_000);
+    }
 }
