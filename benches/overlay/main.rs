@@ -18,8 +18,9 @@
 //! | `memory`    | RSS and threads of a `p2p-node` process, idle and per link ([`memory`]) |
 //! | `handshake` | `connect_to_peer` time, and an accept storm at one node ([`handshake`]) |
 //!
-//! Naming sections runs only those (`-- --quick link rtt`). `--quick` runs the same
-//! measurements with small counts (well under a minute). Every wait has a deadline; a
+//! Naming sections runs only those (`-- --quick link rtt`); `--enc plain` or `--enc tls`
+//! runs one encryption only. `--quick` runs the same measurements with small counts
+//! (about a minute for both encryptions). Every wait has a deadline; a
 //! measurement that times out prints and records what it got and is marked, it never
 //! hangs the run, and a watchdog aborts a section stuck inside the library
 //! ([`watchdog`]). After each section the share of the CPU that other processes took
@@ -186,10 +187,9 @@ impl Plan {
             burst_timeout: Duration::from_secs(15),
             join_timeout: Duration::from_secs(10),
             memory_links: 50,
-            handshake_samples: 100,
+            handshake_samples: 200,
             handshake_budget: Duration::from_secs(20),
-            storm_dials: 200,
-            storm_budget: Duration::from_secs(20),
+            storm_budget: Duration::from_secs(30),
             ..Plan::full()
         }
     }
