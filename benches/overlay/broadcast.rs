@@ -17,6 +17,8 @@
 
 use std::time::{Duration, Instant};
 
+use p2p_overlay::Encryption;
+
 use crate::overlay::{broadcast_text, Counters, Overlay};
 use crate::support::{spawn, Percentiles};
 
@@ -29,6 +31,8 @@ const RUN_MULTI_WARMUP: u32 = 3;
 const RUN_MULTI: u32 = 4;
 
 pub struct LatencyResult {
+    /// The overlay's links.
+    pub enc: Encryption,
     pub nodes: usize,
     /// Nodes that took turns broadcasting.
     pub origins: usize,
@@ -92,6 +96,7 @@ pub fn latency(
     ov.drain();
     let before = ov.counters();
     let mut r = LatencyResult {
+        enc: ov.enc,
         nodes: ov.len(),
         origins: origins.len(),
         sent: count,
@@ -187,6 +192,8 @@ fn wait_for_all(ov: &Overlay, run: u32, seq: u64, expect: usize, deadline: Insta
 }
 
 pub struct BurstResult {
+    /// The overlay's links.
+    pub enc: Encryption,
     pub nodes: usize,
     pub msgs: usize,
     /// Every node delivered every message before the deadline.
@@ -294,6 +301,7 @@ pub fn burst(
     let others = (0..n).filter(|&i| i != origin);
     let complete = complete_nodes == n;
     BurstResult {
+        enc: ov.enc,
         nodes: n,
         msgs: count,
         complete,

@@ -12,6 +12,10 @@
 //!   waits for the answer on its own event queue. Compared with
 //!   [`raw_tcp::PingPong`] of the same payload size, in alternating blocks.
 //!
+//! Both measurements take the encryptions to run (`encs`, plaintext first): the node
+//! runs are done once per encryption, each with its own linked pair, interleaved with
+//! the raw-TCP runs, which are done once and shared by every encryption's result.
+//!
 //! Every wait has a deadline; a run that times out reports how far it got.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,22 +25,23 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use p2p_overlay::{Event, Node};
+use p2p_overlay::{Encryption, Event, Node};
 
 use crate::raw_tcp;
 use crate::support::{local_config, median, payload, spawn, stop_all};
 
-/// Two started nodes, A linked to B.
-pub fn linked_pair() -> Result<(Arc<Node>, Arc<Node>), String> {
-    let a = Node::start(local_config()).map_err(|e| format!("start A: {e}"))?;
-    let b = Node::start(local_config()).map_err(|e| format!("start B: {e}"))?;
+/// Two started nodes, A linked to B, with links of `enc`.
+pub fn linked_pair(enc: Encryption) -> Result<(Arc<Node>, Arc<Node>), String> {
+    let a = Node::start(local_config(enc)).map_err(|e| format!("start A: {e}"))?;
+    let b = Node::start(local_config(enc)).map_err(|e| format!("start B: {e}"))?;
     a.connect_to_peer(b.local_addr())
         .map_err(|e| format!("connect A -> B: {e}"))?;
     Ok((Arc::new(a), Arc::new(b)))
 }
 
-/// The figures for one message size.
+/// The figures for one message size and encryption.
 pub struct LinkResult {
+    pub enc: Encryption,
     pub size: usize,
     pub count: usize,
     /// Median over the node runs that delivered every message; when none did, the
@@ -48,8 +53,19 @@ pub struct LinkResult {
     /// nothing arrived) and whether it delivered every message.
     pub node_runs: Vec<(f64, bool)>,
     pub baseline_runs: Vec<f64>,
-    /// What went wrong in failed runs.
+    /// What went wrong in failed runs (the raw-TCP runs' failures are recorded with
+    /// the first encryption's result only, since the baseline is shared).
     pub errors: Vec<String>,
+}
+
+impl RttResult {
+    /// The node's round trips over links of `enc` (empty if not measured).
+    pub fn node_times(&self, enc: Encryption) -> &[Duration] {
+        self.node
+            .iter()
+            .find(|(e, _)| *e == enc)
+            .map_or(&[], |(_, t)| t.as_slice())
+    }
 }
 
 impl LinkResult {
@@ -71,54 +87,77 @@ impl LinkResult {
     }
 }
 
-/// Node and raw runs for one size, alternating, `reps` times each. Every node run
-/// uses a fresh linked pair, so a link dropped in one run cannot affect the next.
-pub fn link_throughput(size: usize, count: usize, reps: usize, timeout: Duration) -> LinkResult {
-    let mut r = LinkResult {
-        size,
-        count,
-        msgs_per_sec: f64::NAN,
-        partial: false,
-        baseline_msgs_per_sec: f64::NAN,
-        node_runs: Vec::new(),
-        baseline_runs: Vec::new(),
-        errors: Vec::new(),
-    };
+/// Node and raw runs for one size, alternating, `reps` times each: in every
+/// repetition one node run per encryption of `encs` (in that order), then one raw
+/// run. Every node run uses a fresh linked pair, so a link dropped in one run cannot
+/// affect the next. One result per encryption, all with the same baseline.
+pub fn link_throughput(
+    size: usize,
+    count: usize,
+    reps: usize,
+    timeout: Duration,
+    encs: &[Encryption],
+) -> Vec<LinkResult> {
+    let mut results: Vec<LinkResult> = encs
+        .iter()
+        .map(|&enc| LinkResult {
+            enc,
+            size,
+            count,
+            msgs_per_sec: f64::NAN,
+            partial: false,
+            baseline_msgs_per_sec: f64::NAN,
+            node_runs: Vec::new(),
+            baseline_runs: Vec::new(),
+            errors: Vec::new(),
+        })
+        .collect();
+    let mut baseline_runs = Vec::with_capacity(reps);
+    let mut baseline_errors = Vec::new();
     for _ in 0..reps {
-        let run = linked_pair().map(|(a, b)| {
-            let result = node_run(&a, &b, size, count, timeout);
-            stop_all(vec![a, b], Duration::from_secs(10));
-            result
-        });
-        match run {
-            Ok(run) => {
-                r.node_runs.push((run.rate, run.error.is_none()));
-                r.errors.extend(run.error.map(|e| format!("node: {e}")));
-            }
-            Err(e) => {
-                r.node_runs.push((f64::NAN, false));
-                r.errors.push(format!("node: {e}"));
+        for r in results.iter_mut() {
+            let run = linked_pair(r.enc).map(|(a, b)| {
+                let result = node_run(&a, &b, size, count, timeout);
+                stop_all(vec![a, b], Duration::from_secs(10));
+                result
+            });
+            match run {
+                Ok(run) => {
+                    r.node_runs.push((run.rate, run.error.is_none()));
+                    r.errors.extend(run.error.map(|e| format!("node: {e}")));
+                }
+                Err(e) => {
+                    r.node_runs.push((f64::NAN, false));
+                    r.errors.push(format!("node: {e}"));
+                }
             }
         }
         match raw_tcp::throughput(size, count, timeout) {
-            Ok(d) => r.baseline_runs.push(count as f64 / d.as_secs_f64()),
+            Ok(d) => baseline_runs.push(count as f64 / d.as_secs_f64()),
             Err(e) => {
-                r.baseline_runs.push(f64::NAN);
-                r.errors.push(format!("raw tcp: {e}"));
+                baseline_runs.push(f64::NAN);
+                baseline_errors.push(format!("raw tcp: {e}"));
             }
         }
     }
-    let rates = |complete: bool| -> Vec<f64> {
-        r.node_runs
-            .iter()
-            .filter(|(_, ok)| *ok == complete)
-            .map(|(x, _)| *x)
-            .collect()
-    };
-    r.partial = r.node_ok() == 0;
-    r.msgs_per_sec = median(&rates(!r.partial));
-    r.baseline_msgs_per_sec = median(&r.baseline_runs);
-    r
+    if let Some(first) = results.first_mut() {
+        first.errors.extend(baseline_errors);
+    }
+    for r in results.iter_mut() {
+        let rates = |complete: bool| -> Vec<f64> {
+            r.node_runs
+                .iter()
+                .filter(|(_, ok)| *ok == complete)
+                .map(|(x, _)| *x)
+                .collect()
+        };
+        let partial = r.node_ok() == 0;
+        r.msgs_per_sec = median(&rates(!partial));
+        r.partial = partial;
+        r.baseline_runs = baseline_runs.clone();
+        r.baseline_msgs_per_sec = median(&baseline_runs);
+    }
+    results
 }
 
 /// One node run: the rate, and why it did not deliver everything.
@@ -207,10 +246,11 @@ fn node_run(a: &Node, b: &Node, size: usize, count: usize, timeout: Duration) ->
     NodeRun { rate, error }
 }
 
-/// Round-trip times through the node and through raw TCP.
+/// Round-trip times through the node (once per encryption) and through raw TCP.
 pub struct RttResult {
     pub size: usize,
-    pub node: Vec<Duration>,
+    /// One entry per encryption measured, in the order asked for.
+    pub node: Vec<(Encryption, Vec<Duration>)>,
     pub baseline: Vec<Duration>,
     /// Raw TCP with a reader thread and a channel on each side (the architecture's
     /// floor, see `raw_tcp::ThreadedPingPong`).
@@ -219,18 +259,19 @@ pub struct RttResult {
 }
 
 /// `warmup` untimed round trips on each path, then `n` timed ones on each, in
-/// `blocks` alternating blocks (node, raw, threaded raw, node, ...) so that every
-/// path sees the same background load on a shared machine.
+/// `blocks` alternating blocks (node over each of `encs`, raw, threaded raw, node,
+/// ...) so that every path sees the same background load on a shared machine.
 pub fn round_trip(
     size: usize,
     n: usize,
     warmup: usize,
     blocks: usize,
     timeout: Duration,
+    encs: &[Encryption],
 ) -> RttResult {
     let mut r = RttResult {
         size,
-        node: Vec::with_capacity(n),
+        node: encs.iter().map(|&e| (e, Vec::with_capacity(n))).collect(),
         baseline: Vec::with_capacity(n),
         floor: Vec::with_capacity(n),
         errors: Vec::new(),
@@ -242,13 +283,16 @@ pub fn round_trip(
             None
         }
     };
-    let mut node = match NodePingPong::start(size, timeout) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            r.errors.push(format!("node: {e}"));
-            None
-        }
-    };
+    let mut nodes: Vec<Option<NodePingPong>> = encs
+        .iter()
+        .map(|&enc| match NodePingPong::start(size, timeout, enc) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                r.errors.push(format!("node {}: {e}", enc.as_str()));
+                None
+            }
+        })
+        .collect();
     let mut raw = match raw_tcp::PingPong::start(size, timeout) {
         Ok(p) => Some(p),
         Err(e) => {
@@ -260,14 +304,15 @@ pub fn round_trip(
     for block in 0..=blocks {
         // Block 0 is the warm-up of both paths.
         let k = if block == 0 { warmup } else { per_block };
-        if let Some(p) = node.as_mut() {
+        for (slot, (enc, times)) in nodes.iter_mut().zip(r.node.iter_mut()) {
+            let Some(p) = slot.as_mut() else { continue };
             match p.trips(k) {
-                Ok(t) if block > 0 => r.node.extend(t),
+                Ok(t) if block > 0 => times.extend(t),
                 Ok(_) => {}
                 Err((t, e)) => {
-                    r.node.extend(t);
-                    r.errors.push(format!("node: {e}"));
-                    node = None;
+                    times.extend(t);
+                    r.errors.push(format!("node {}: {e}", enc.as_str()));
+                    *slot = None;
                 }
             }
         }
@@ -292,9 +337,9 @@ pub fn round_trip(
             }
         }
     }
-    if let Some(p) = node {
-        if let Some(e) = p.finish() {
-            r.errors.push(format!("node: {e}"));
+    for (p, enc) in nodes.into_iter().zip(encs) {
+        if let Some(e) = p.and_then(NodePingPong::finish) {
+            r.errors.push(format!("node {}: {e}", enc.as_str()));
         }
     }
     r
@@ -314,8 +359,8 @@ struct NodePingPong {
 type Partial = (Vec<Duration>, String);
 
 impl NodePingPong {
-    fn start(size: usize, timeout: Duration) -> Result<NodePingPong, String> {
-        let (a, b) = linked_pair()?;
+    fn start(size: usize, timeout: Duration, enc: Encryption) -> Result<NodePingPong, String> {
+        let (a, b) = linked_pair(enc)?;
         let stop = Arc::new(AtomicBool::new(false));
         let echo = {
             let (b, stop) = (Arc::clone(&b), Arc::clone(&stop));

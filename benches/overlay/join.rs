@@ -9,9 +9,12 @@
 
 use std::time::{Duration, Instant};
 
+use p2p_overlay::Encryption;
+
 use crate::overlay::{Convergence, Overlay};
 
 pub struct JoinResult {
+    pub enc: Encryption,
     pub nodes: usize,
     /// Time for the `connect_to_peer(seed)` calls alone.
     pub joins: Duration,
@@ -19,8 +22,12 @@ pub struct JoinResult {
     pub errors: Vec<String>,
 }
 
-pub fn join_through_seed(n: usize, timeout: Duration) -> Result<JoinResult, String> {
-    let mut ov = Overlay::start(n)?;
+pub fn join_through_seed(
+    n: usize,
+    timeout: Duration,
+    enc: Encryption,
+) -> Result<JoinResult, String> {
+    let mut ov = Overlay::start(n, enc)?;
     let seed = ov.nodes[0].local_addr();
     let t0 = Instant::now();
     for i in 1..n {
@@ -35,6 +42,7 @@ pub fn join_through_seed(n: usize, timeout: Duration) -> Result<JoinResult, Stri
         errors.push(note);
     }
     Ok(JoinResult {
+        enc,
         nodes: n,
         joins,
         convergence,

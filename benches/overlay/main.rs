@@ -1,7 +1,12 @@
-//! `cargo bench --bench overlay [-- --quick] [SECTION...]`: end-to-end figures of the
-//! overlay node, measured with the library API (and, for memory, the `p2p-node`
-//! binary) on 127.0.0.1 in one process, printed as tables and written as JSON to
-//! `target/bench/overlay.json`.
+//! `cargo bench --bench overlay [-- --quick] [--enc plain|tls|both] [SECTION...]`:
+//! end-to-end figures of the overlay node, measured with the library API (and, for
+//! memory, the `p2p-node` binary) on 127.0.0.1 in one process, printed as tables and
+//! written as JSON to `target/bench/overlay.json`.
+//!
+//! Every node measurement runs once per link encryption (`--enc`, default `both`):
+//! plaintext first, then TLS 1.3, in the same run, and the tables carry an `enc`
+//! column; the summary adds TLS/plain ratios. The raw-TCP baselines are measured once
+//! and shared.
 //!
 //! | section     | what (module)                                                       |
 //! |-------------|---------------------------------------------------------------------|
@@ -11,9 +16,11 @@
 //! | `burst`     | 2,000 broadcasts back to back in 50 nodes, loss and duplicates      |
 //! | `join`      | 100 nodes join through one seed until all have 8 links ([`join`])   |
 //! | `memory`    | RSS and threads of a `p2p-node` process, idle and per link ([`memory`]) |
+//! | `handshake` | `connect_to_peer` time, and an accept storm at one node ([`handshake`]) |
 //!
-//! Naming sections runs only those (`-- --quick link rtt`). `--quick` runs the same
-//! measurements with small counts (well under a minute). Every wait has a deadline; a
+//! Naming sections runs only those (`-- --quick link rtt`); `--enc plain` or `--enc tls`
+//! runs one encryption only. `--quick` runs the same measurements with small counts
+//! (about a minute for both encryptions). Every wait has a deadline; a
 //! measurement that times out prints and records what it got and is marked, it never
 //! hangs the run, and a watchdog aborts a section stuck inside the library
 //! ([`watchdog`]). After each section the share of the CPU that other processes took
@@ -22,6 +29,7 @@
 
 mod broadcast;
 mod direct;
+mod handshake;
 mod join;
 mod memory;
 mod overlay;
@@ -32,16 +40,26 @@ mod watchdog;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use p2p_overlay::Encryption;
 use serde_json::{json, Value};
 
 use broadcast::{BurstResult, LatencyResult};
 use direct::{LinkResult, RttResult};
+use handshake::{HandshakeResult, StormResult};
 use join::JoinResult;
 use memory::MemoryResult;
 use overlay::{Convergence, Overlay};
 use support::{fmt_f, fmt_n, ms, open_files_limit, us, Percentiles, Table};
 
-const SECTIONS: [&str; 6] = ["link", "rtt", "broadcast", "burst", "join", "memory"];
+const SECTIONS: [&str; 7] = [
+    "link",
+    "rtt",
+    "broadcast",
+    "burst",
+    "join",
+    "memory",
+    "handshake",
+];
 
 /// Origins taking turns in the second latency run on each overlay of 10 or more nodes.
 const MULTI_ORIGINS: usize = 5;
@@ -52,6 +70,8 @@ const TOPOLOGY_SEED: u64 = 0x5eed_2024;
 /// Counts and time limits of one mode.
 struct Plan {
     quick: bool,
+    /// The link encryptions every node measurement runs with, in this order.
+    encs: Vec<Encryption>,
     /// (payload bytes, messages) per link throughput run.
     link: Vec<(usize, usize)>,
     link_reps: usize,
@@ -74,28 +94,56 @@ struct Plan {
     join_nodes: usize,
     join_timeout: Duration,
     memory_links: usize,
+    /// Sequential `connect_to_peer` samples per encryption, and their time budget.
+    handshake_samples: usize,
+    handshake_budget: Duration,
+    /// Dials of the accept storm, the threads making them, and its time budget.
+    storm_dials: usize,
+    storm_threads: usize,
+    storm_budget: Duration,
 }
 
 impl Plan {
     /// Watchdog limits: the sum of every deadline in the section, plus slack.
+    /// Encryptions measured, as a factor of the limits.
+    fn encs(&self) -> u32 {
+        self.encs.len().max(1) as u32
+    }
+
     fn link_limit(&self) -> Duration {
-        self.run_timeout * (2 * self.link.len() * self.link_reps) as u32 + Duration::from_secs(60)
+        let runs = (self.encs.len() + 1) * self.link.len() * self.link_reps;
+        self.run_timeout * runs as u32 + Duration::from_secs(60)
     }
 
     fn rtt_limit(&self) -> Duration {
-        self.run_timeout * 2 + Duration::from_secs(60)
+        self.run_timeout * (self.encs() + 1) + Duration::from_secs(60)
+    }
+
+    fn join_limit(&self) -> Duration {
+        (self.join_timeout + Duration::from_secs(120)) * self.encs()
+    }
+
+    fn memory_limit(&self) -> Duration {
+        Duration::from_secs(120) * self.encs()
+    }
+
+    /// Per encryption: both budgets, the storm's node starts and stops (30 s each at
+    /// most), slack.
+    fn handshake_limit(&self) -> Duration {
+        (self.handshake_budget + self.storm_budget + Duration::from_secs(120)) * self.encs()
     }
 
     fn overlay_limit(&self) -> Duration {
         let per_overlay = self.form_timeout
             + self.broadcast_per_msg * 2 * (self.broadcast_count + self.broadcast_warmup) as u32
             + Duration::from_secs(60);
-        per_overlay * (self.broadcast_nodes.len() + 1) as u32 + self.burst_timeout
+        (per_overlay * (self.broadcast_nodes.len() + 1) as u32 + self.burst_timeout) * self.encs()
     }
 
     fn full() -> Plan {
         Plan {
             quick: false,
+            encs: vec![Encryption::Plain, Encryption::Tls],
             link: vec![(64, 2_000_000), (1024, 500_000), (64 * 1024, 20_000)],
             link_reps: 3,
             run_timeout: Duration::from_secs(60),
@@ -115,6 +163,11 @@ impl Plan {
             join_nodes: 100,
             join_timeout: Duration::from_secs(30),
             memory_links: 200,
+            handshake_samples: 500,
+            handshake_budget: Duration::from_secs(60),
+            storm_dials: 1_000,
+            storm_threads: 8,
+            storm_budget: Duration::from_secs(60),
         }
     }
 
@@ -134,6 +187,9 @@ impl Plan {
             burst_timeout: Duration::from_secs(15),
             join_timeout: Duration::from_secs(10),
             memory_links: 50,
+            handshake_samples: 200,
+            handshake_budget: Duration::from_secs(20),
+            storm_budget: Duration::from_secs(30),
             ..Plan::full()
         }
     }
@@ -147,9 +203,11 @@ struct Results {
     broadcast: Vec<(LatencyResult, Convergence)>,
     /// The same overlays with [`MULTI_ORIGINS`] origins taking turns.
     broadcast_multi: Vec<(LatencyResult, Convergence)>,
-    burst: Option<BurstResult>,
+    burst: Vec<BurstResult>,
     join: Vec<JoinResult>,
-    memory: Option<MemoryResult>,
+    memory: Vec<MemoryResult>,
+    handshake: Vec<HandshakeResult>,
+    storm: Vec<StormResult>,
     /// Problems worth reading: timeouts, failed joins, nodes that did not stop.
     notes: Vec<String>,
     /// /proc/loadavg (1, 5, 15 min) when the run started.
@@ -174,11 +232,13 @@ fn main() {
         println!("overlay bench: run with `cargo bench --bench overlay [-- --quick]`");
         return;
     }
-    let only: Vec<&str> = args
-        .iter()
-        .filter(|a| !a.starts_with('-'))
-        .map(String::as_str)
-        .collect();
+    let (encs, only) = match parse_args(&args) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
     if let Some(bad) = only.iter().find(|s| !SECTIONS.contains(s)) {
         eprintln!("unknown section {bad:?}; sections: {}", SECTIONS.join(" "));
         std::process::exit(2);
@@ -187,11 +247,13 @@ fn main() {
     // The nodes' own diagnostics on stderr, filtered by RUST_LOG as in the binary;
     // errors only by default (RUST_LOG=warn shows dropped peers and closed links).
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("error")).init();
-    let plan = if quick { Plan::quick() } else { Plan::full() };
+    let mut plan = if quick { Plan::quick() } else { Plan::full() };
+    plan.encs = encs;
 
     println!(
-        "p2p-overlay benchmarks ({} mode), nodes on 127.0.0.1; source {}",
+        "p2p-overlay benchmarks ({} mode), nodes on 127.0.0.1, links {}; source {}",
         if quick { "quick" } else { "full" },
+        enc_names(&plan.encs),
         source_version()
     );
     raise_open_files_limit();
@@ -219,12 +281,18 @@ fn main() {
         });
     }
     if want("join") {
-        let limit = plan.join_timeout + Duration::from_secs(120);
+        let limit = plan.join_limit();
         section("join", limit, &plan, &mut r, t, |r| run_join(&plan, r));
     }
     if want("memory") {
-        let limit = Duration::from_secs(120);
+        let limit = plan.memory_limit();
         section("memory", limit, &plan, &mut r, t, |r| run_memory(&plan, r));
+    }
+    if want("handshake") {
+        let limit = plan.handshake_limit();
+        section("handshake", limit, &plan, &mut r, t, |r| {
+            run_handshake(&plan, r)
+        });
     }
     print_summary(&r);
     let others: Vec<String> = r
@@ -249,6 +317,38 @@ fn main() {
         started.elapsed().as_secs_f64(),
         path.display()
     );
+}
+
+/// `--enc plain|tls|both` (or `--enc=...`; default both, plaintext first) and the
+/// section names; every other argument starting with `-` is left to `main`.
+fn parse_args(args: &[String]) -> Result<(Vec<Encryption>, Vec<&str>), String> {
+    let mut encs = vec![Encryption::Plain, Encryption::Tls];
+    let mut only = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let value = if a == "--enc" {
+            Some(it.next().map(String::as_str).unwrap_or_default())
+        } else {
+            a.strip_prefix("--enc=")
+        };
+        match value {
+            Some("plain") => encs = vec![Encryption::Plain],
+            Some("tls") => encs = vec![Encryption::Tls],
+            Some("both") => encs = vec![Encryption::Plain, Encryption::Tls],
+            Some(v) => return Err(format!("--enc takes plain, tls or both, not {v:?}")),
+            None if !a.starts_with('-') => only.push(a.as_str()),
+            None => {}
+        }
+    }
+    Ok((encs, only))
+}
+
+/// `plain + tls`, `tls`, ...
+fn enc_names(encs: &[Encryption]) -> String {
+    encs.iter()
+        .map(|e| e.as_str())
+        .collect::<Vec<_>>()
+        .join(" + ")
 }
 
 /// Below this soft limit the bench warns. The 100-node overlays hold about 800
@@ -338,34 +438,50 @@ fn run_link(plan: &Plan, r: &mut Results) {
     heading("1-2. Link throughput: A -> B send_data_to_peer, vs raw TCP (median of runs)");
     let mut t = Table::new(&[
         "size",
+        "enc",
         "msgs",
         "node msg/s",
         "node MB/s",
         "raw msg/s",
         "raw MB/s",
         "ratio",
+        "tls/plain",
         "node runs ok",
     ]);
     for &(size, count) in &plan.link {
-        let l = direct::link_throughput(size, count, plan.link_reps, plan.run_timeout);
-        for e in &l.errors {
-            r.notes.push(format!("link {size} B: {e}"));
+        let results =
+            direct::link_throughput(size, count, plan.link_reps, plan.run_timeout, &plan.encs);
+        let plain = results
+            .iter()
+            .find(|l| l.enc == Encryption::Plain)
+            .map_or(f64::NAN, |l| l.msgs_per_sec);
+        for l in results {
+            for e in &l.errors {
+                r.notes
+                    .push(format!("link {size} B {}: {e}", l.enc.as_str()));
+            }
+            t.row(vec![
+                size_label(size),
+                l.enc.as_str().into(),
+                fmt_n(count as f64),
+                format!(
+                    "{}{}",
+                    fmt_n(l.msgs_per_sec),
+                    if l.partial { " (partial)" } else { "" }
+                ),
+                fmt_f(l.mb_per_sec(), 1),
+                fmt_n(l.baseline_msgs_per_sec),
+                fmt_f(l.baseline_mb_per_sec(), 1),
+                fmt_f(l.ratio(), 3),
+                if l.enc == Encryption::Tls {
+                    fmt_f(l.msgs_per_sec / plain, 3)
+                } else {
+                    String::new()
+                },
+                format!("{}/{}", l.node_ok(), l.node_runs.len()),
+            ]);
+            r.link.push(l);
         }
-        t.row(vec![
-            size_label(size),
-            fmt_n(count as f64),
-            format!(
-                "{}{}",
-                fmt_n(l.msgs_per_sec),
-                if l.partial { " (partial)" } else { "" }
-            ),
-            fmt_f(l.mb_per_sec(), 1),
-            fmt_n(l.baseline_msgs_per_sec),
-            fmt_f(l.baseline_mb_per_sec(), 1),
-            fmt_f(l.ratio(), 3),
-            format!("{}/{}", l.node_ok(), l.node_runs.len()),
-        ]);
-        r.link.push(l);
     }
     t.print();
 }
@@ -380,22 +496,26 @@ fn run_rtt(plan: &Plan, r: &mut Results) {
         plan.rtt_warmup,
         10,
         plan.run_timeout,
+        &plan.encs,
     );
     r.notes
         .extend(res.errors.iter().map(|e| format!("rtt: {e}")));
     let mut t = Table::new(&[
         "path", "size", "trips", "p50 us", "p90 us", "p99 us", "max us",
     ]);
-    for (name, times) in [
-        ("node", &res.node),
-        ("raw tcp", &res.baseline),
-        ("raw tcp + reader threads", &res.floor),
-    ] {
+    let mut paths: Vec<(String, &[Duration])> = res
+        .node
+        .iter()
+        .map(|(e, times)| (format!("node {}", e.as_str()), times.as_slice()))
+        .collect();
+    paths.push(("raw tcp".into(), &res.baseline));
+    paths.push(("raw tcp + reader threads".into(), &res.floor));
+    for (name, times) in paths {
         let p = Percentiles::of(times);
         let cell =
             |f: fn(&Percentiles) -> Duration| p.as_ref().map_or("-".into(), |p| fmt_f(us(f(p)), 1));
         t.row(vec![
-            name.into(),
+            name,
             size_label(res.size),
             fmt_n(times.len() as f64),
             cell(|p| p.p50),
@@ -405,31 +525,33 @@ fn run_rtt(plan: &Plan, r: &mut Results) {
         ]);
     }
     t.print();
-    println!(
-        "  ratio of p50s (node / raw): {}; node / raw with reader threads (the floor of \
-         a thread-per-connection node): {}",
-        fmt_f(rtt_ratio(&res), 2),
-        fmt_f(floor_ratio(&res), 2)
-    );
+    for &enc in &plan.encs {
+        println!(
+            "  {}: ratio of p50s (node / raw): {}; node / raw with reader threads (the \
+             floor of a thread-per-connection node): {}",
+            enc.as_str(),
+            fmt_f(rtt_ratio(&res, enc), 2),
+            fmt_f(floor_ratio(&res, enc), 2)
+        );
+    }
     r.rtt = Some(res);
 }
 
-fn floor_ratio(res: &RttResult) -> f64 {
-    match (Percentiles::of(&res.node), Percentiles::of(&res.floor)) {
-        (Some(n), Some(b)) => us(n.p50) / us(b.p50),
-        _ => f64::NAN,
-    }
+/// p50 of a sample in microseconds, NaN when empty.
+fn p50_us(times: &[Duration]) -> f64 {
+    Percentiles::of(times).map_or(f64::NAN, |p| us(p.p50))
 }
 
-fn rtt_ratio(res: &RttResult) -> f64 {
-    match (Percentiles::of(&res.node), Percentiles::of(&res.baseline)) {
-        (Some(n), Some(b)) => us(n.p50) / us(b.p50),
-        _ => f64::NAN,
-    }
+fn floor_ratio(res: &RttResult, enc: Encryption) -> f64 {
+    p50_us(res.node_times(enc)) / p50_us(&res.floor)
 }
 
-/// Forms each overlay, measures broadcast latency on it, and the burst on the one of
-/// `burst_nodes` nodes.
+fn rtt_ratio(res: &RttResult, enc: Encryption) -> f64 {
+    p50_us(res.node_times(enc)) / p50_us(&res.baseline)
+}
+
+/// Forms each overlay (once per encryption, plaintext first), measures broadcast
+/// latency on it, and the burst on the one of `burst_nodes` nodes.
 fn run_overlays(plan: &Plan, r: &mut Results, latency: bool, burst: bool) {
     let mut sizes: Vec<usize> = if latency {
         plan.broadcast_nodes.clone()
@@ -441,6 +563,7 @@ fn run_overlays(plan: &Plan, r: &mut Results, latency: bool, burst: bool) {
     }
     let mut t = Table::new(&[
         "nodes",
+        "enc",
         "formed in",
         "links mean",
         "msgs",
@@ -453,59 +576,66 @@ fn run_overlays(plan: &Plan, r: &mut Results, latency: bool, burst: bool) {
         "dups/deliv",
     ]);
     for &n in &sizes {
-        heading(&format!(
-            "Overlay of {n} nodes (each joins a random earlier node, default config)"
-        ));
-        let t0 = Instant::now();
-        let ov = match Overlay::form_random(n, TOPOLOGY_SEED) {
-            Ok(ov) => ov,
-            Err(e) => {
-                r.notes.push(format!("overlay {n}: {e}"));
-                continue;
+        for &enc in &plan.encs {
+            let e = enc.as_str();
+            heading(&format!(
+                "Overlay of {n} nodes, {e} links (each joins a random earlier node, default \
+                 config)"
+            ));
+            let t0 = Instant::now();
+            let ov = match Overlay::form_random(n, TOPOLOGY_SEED, enc) {
+                Ok(ov) => ov,
+                Err(err) => {
+                    r.notes.push(format!("overlay {n} {e}: {err}"));
+                    continue;
+                }
+            };
+            r.notes.extend(summarize(
+                &format!("overlay {n} {e}: connect_to_peer failed"),
+                &ov.join_errors,
+            ));
+            let conv = ov.wait_connected(t0, t0 + plan.form_timeout, true);
+            println!("  {}", conv.describe());
+            if !conv.connected {
+                r.notes
+                    .push(format!("overlay {n} {e}: {}", conv.describe()));
             }
-        };
-        r.notes.extend(summarize(
-            &format!("overlay {n}: connect_to_peer failed"),
-            &ov.join_errors,
-        ));
-        let conv = ov.wait_connected(t0, t0 + plan.form_timeout, true);
-        println!("  {}", conv.describe());
-        if !conv.connected {
-            r.notes.push(format!("overlay {n}: {}", conv.describe()));
-        }
-        let origin = n - 1; // the last to join: a typical node, not the hub node 0
-        if latency && plan.broadcast_nodes.contains(&n) {
-            let l = run_latency(plan, r, &mut t, &ov, &conv, &[origin]);
-            r.broadcast.push((l, conv.clone()));
-            if n >= MULTI_ORIGINS * 2 {
-                // The same overlay with several origins taking turns: each origin
-                // needs a tree of its own (PROTOCOL.md 3.5).
-                let origins: Vec<usize> = (0..MULTI_ORIGINS)
-                    .map(|k| n - 1 - k * (n / MULTI_ORIGINS))
-                    .collect();
-                let m = run_latency(plan, r, &mut t, &ov, &conv, &origins);
-                r.broadcast_multi.push((m, conv));
+            let origin = n - 1; // the last to join: a typical node, not the hub node 0
+            if latency && plan.broadcast_nodes.contains(&n) {
+                let l = run_latency(plan, r, &mut t, &ov, &conv, &[origin]);
+                r.broadcast.push((l, conv.clone()));
+                if n >= MULTI_ORIGINS * 2 {
+                    // The same overlay with several origins taking turns: each origin
+                    // needs a tree of its own (PROTOCOL.md 3.5).
+                    let origins: Vec<usize> = (0..MULTI_ORIGINS)
+                        .map(|k| n - 1 - k * (n / MULTI_ORIGINS))
+                        .collect();
+                    let m = run_latency(plan, r, &mut t, &ov, &conv, &origins);
+                    r.broadcast_multi.push((m, conv));
+                }
             }
-        }
-        if burst && n == plan.burst_nodes {
-            let b = broadcast::burst(
-                &ov,
-                origin,
-                plan.burst_count,
-                plan.burst_size,
-                plan.burst_timeout,
-                Duration::from_secs(10),
-            );
-            print_burst(&b, plan.burst_size, r);
-            r.burst = Some(b);
-        }
-        if let Some(note) = ov.shutdown() {
-            r.notes.push(format!("overlay {n}: {note}"));
+            if burst && n == plan.burst_nodes {
+                let b = broadcast::burst(
+                    &ov,
+                    origin,
+                    plan.burst_count,
+                    plan.burst_size,
+                    plan.burst_timeout,
+                    Duration::from_secs(10),
+                );
+                r.burst.push(b);
+            }
+            if let Some(note) = ov.shutdown() {
+                r.notes.push(format!("overlay {n} {e}: {note}"));
+            }
         }
     }
     if !t.is_empty() {
         heading("4. Broadcast latency: origin -> last node to deliver (64 B, one at a time)");
         t.print();
+    }
+    if !r.burst.is_empty() {
+        print_burst(plan, r);
     }
 }
 
@@ -535,8 +665,11 @@ fn run_latency(
     print_latency_line(&l);
     if l.incomplete > 0 {
         r.notes.push(format!(
-            "broadcast {label}: {} of {} broadcasts did not reach every node within {:?}",
-            l.incomplete, l.sent, plan.broadcast_per_msg
+            "broadcast {label} {}: {} of {} broadcasts did not reach every node within {:?}",
+            ov.enc.as_str(),
+            l.incomplete,
+            l.sent,
+            plan.broadcast_per_msg
         ));
     }
     let p = l.percentiles();
@@ -544,6 +677,7 @@ fn run_latency(
         |f: fn(&Percentiles) -> Duration| p.as_ref().map_or("-".into(), |p| fmt_f(ms(f(p)), 2));
     t.row(vec![
         label,
+        ov.enc.as_str().into(),
         format!("{:.2} s", conv.elapsed.as_secs_f64()),
         fmt_f(conv.mean_links, 1),
         l.sent.to_string(),
@@ -592,15 +726,16 @@ fn print_latency_line(l: &LatencyResult) {
     }
 }
 
-fn print_burst(b: &BurstResult, size: usize, r: &mut Results) {
+fn print_burst(plan: &Plan, r: &mut Results) {
     heading(&format!(
         "5. Broadcast burst: {} x {} broadcasts back to back, {} nodes",
-        b.msgs,
-        size_label(size),
-        b.nodes
+        plan.burst_count,
+        size_label(plan.burst_size),
+        plan.burst_nodes
     ));
     let mut t = Table::new(&[
         "nodes",
+        "enc",
         "msgs",
         "origin send s",
         "slowest done s",
@@ -611,25 +746,33 @@ fn print_burst(b: &BurstResult, size: usize, r: &mut Results) {
         "events dropped",
         "link ends before/after",
     ]);
-    t.row(vec![
-        b.nodes.to_string(),
-        fmt_n(b.msgs as f64),
-        fmt_f(b.send_time.as_secs_f64(), 2),
-        fmt_f(b.slowest.as_secs_f64(), 2),
-        fmt_n(b.msgs_per_sec_slowest()),
-        b.lost.to_string(),
-        b.duplicates.to_string(),
-        b.counters.slow_peers_dropped.to_string(),
-        b.counters.events_dropped.to_string(),
-        format!("{}/{}", b.links_before, b.links_after),
-    ]);
-    t.print();
-    if !b.complete {
-        r.notes.push(format!(
-            "burst: incomplete: the slowest node delivered {} of {}; {} lost, {} send errors",
-            b.min_delivered, b.msgs, b.lost, b.send_errors
-        ));
+    for b in &r.burst {
+        t.row(vec![
+            b.nodes.to_string(),
+            b.enc.as_str().into(),
+            fmt_n(b.msgs as f64),
+            fmt_f(b.send_time.as_secs_f64(), 2),
+            fmt_f(b.slowest.as_secs_f64(), 2),
+            fmt_n(b.msgs_per_sec_slowest()),
+            b.lost.to_string(),
+            b.duplicates.to_string(),
+            b.counters.slow_peers_dropped.to_string(),
+            b.counters.events_dropped.to_string(),
+            format!("{}/{}", b.links_before, b.links_after),
+        ]);
+        if !b.complete {
+            r.notes.push(format!(
+                "burst {}: incomplete: the slowest node delivered {} of {}; {} lost, {} send \
+                 errors",
+                b.enc.as_str(),
+                b.min_delivered,
+                b.msgs,
+                b.lost,
+                b.send_errors
+            ));
+        }
     }
+    t.print();
 }
 
 fn run_join(plan: &Plan, r: &mut Results) {
@@ -637,40 +780,46 @@ fn run_join(plan: &Plan, r: &mut Results) {
         "6. Join convergence: {} nodes join through one seed",
         plan.join_nodes
     ));
-    match join::join_through_seed(plan.join_nodes, plan.join_timeout) {
-        Ok(j) => {
-            let mut t = Table::new(&[
-                "nodes",
-                "joins done s",
-                "converged s",
-                "at target",
-                "below target",
-                "links min/mean/max",
-            ]);
-            t.row(vec![
-                j.nodes.to_string(),
-                fmt_f(j.joins.as_secs_f64(), 3),
-                fmt_f(j.convergence.elapsed.as_secs_f64(), 3),
-                if j.convergence.at_target { "yes" } else { "NO" }.into(),
-                j.convergence.below_target.to_string(),
-                format!(
-                    "{}/{:.1}/{}",
-                    j.convergence.min_links, j.convergence.mean_links, j.convergence.max_links
-                ),
-            ]);
-            t.print();
-            if !j.convergence.at_target {
-                r.notes.push(format!(
-                    "join: not every node at target within {:?}: {}",
-                    plan.join_timeout,
-                    j.convergence.describe()
-                ));
+    let mut t = Table::new(&[
+        "nodes",
+        "enc",
+        "joins done s",
+        "converged s",
+        "at target",
+        "below target",
+        "links min/mean/max",
+    ]);
+    for &enc in &plan.encs {
+        let e = enc.as_str();
+        match join::join_through_seed(plan.join_nodes, plan.join_timeout, enc) {
+            Ok(j) => {
+                t.row(vec![
+                    j.nodes.to_string(),
+                    e.into(),
+                    fmt_f(j.joins.as_secs_f64(), 3),
+                    fmt_f(j.convergence.elapsed.as_secs_f64(), 3),
+                    if j.convergence.at_target { "yes" } else { "NO" }.into(),
+                    j.convergence.below_target.to_string(),
+                    format!(
+                        "{}/{:.1}/{}",
+                        j.convergence.min_links, j.convergence.mean_links, j.convergence.max_links
+                    ),
+                ]);
+                if !j.convergence.at_target {
+                    r.notes.push(format!(
+                        "join {e}: not every node at target within {:?}: {}",
+                        plan.join_timeout,
+                        j.convergence.describe()
+                    ));
+                }
+                r.notes
+                    .extend(summarize(&format!("join {e}: failed"), &j.errors));
+                r.join.push(j);
             }
-            r.notes.extend(summarize("join: failed", &j.errors));
-            r.join.push(j);
+            Err(err) => r.notes.push(format!("join {e}: {err}")),
         }
-        Err(e) => r.notes.push(format!("join: {e}")),
     }
+    t.print();
 }
 
 fn run_memory(plan: &Plan, r: &mut Results) {
@@ -679,39 +828,150 @@ fn run_memory(plan: &Plan, r: &mut Results) {
         memory::NODE_BIN,
         plan.memory_links
     ));
-    match memory::measure(plan.memory_links) {
-        Ok(m) => {
-            let mut t = Table::new(&[
-                "state",
-                "links",
-                "VmRSS KiB",
-                "threads",
-                "KiB/link",
-                "threads/link",
-            ]);
-            t.row(vec![
-                "idle".into(),
-                "0".into(),
-                m.idle_rss_kib.to_string(),
-                m.idle_threads.to_string(),
-                String::new(),
-                String::new(),
-            ]);
-            t.row(vec![
-                "loaded".into(),
-                m.links_up.to_string(),
-                m.loaded_rss_kib.to_string(),
-                m.loaded_threads.to_string(),
-                fmt_f(m.per_link_kib(), 1),
-                fmt_f(m.threads_per_link(), 2),
-            ]);
-            t.print();
-            r.notes
-                .extend(m.errors.iter().map(|e| format!("memory: {e}")));
-            r.memory = Some(m);
+    let mut t = Table::new(&[
+        "enc",
+        "state",
+        "links",
+        "VmRSS KiB",
+        "threads",
+        "KiB/link",
+        "threads/link",
+    ]);
+    for &enc in &plan.encs {
+        let e = enc.as_str();
+        match memory::measure(plan.memory_links, enc) {
+            Ok(m) => {
+                t.row(vec![
+                    e.into(),
+                    "idle".into(),
+                    "0".into(),
+                    m.idle_rss_kib.to_string(),
+                    m.idle_threads.to_string(),
+                    String::new(),
+                    String::new(),
+                ]);
+                t.row(vec![
+                    e.into(),
+                    "loaded".into(),
+                    m.links_up.to_string(),
+                    m.loaded_rss_kib.to_string(),
+                    m.loaded_threads.to_string(),
+                    fmt_f(m.per_link_kib(), 1),
+                    fmt_f(m.threads_per_link(), 2),
+                ]);
+                r.notes
+                    .extend(m.errors.iter().map(|err| format!("memory {e}: {err}")));
+                r.memory.push(m);
+            }
+            Err(err) => r.notes.push(format!("memory {e}: {err}")),
         }
-        Err(e) => r.notes.push(format!("memory: {e}")),
     }
+    t.print();
+}
+
+fn run_handshake(plan: &Plan, r: &mut Results) {
+    heading(&format!(
+        "8. Handshake: {} sequential connect_to_peer B -> A (TCP + TLS + JOIN), each \
+         followed by remove_peer",
+        plan.handshake_samples
+    ));
+    let mut t = Table::new(&[
+        "enc",
+        "samples",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "tls/plain p50",
+    ]);
+    for &enc in &plan.encs {
+        let h = handshake::sequential(enc, plan.handshake_samples, plan.handshake_budget);
+        let p = h.percentiles();
+        let cell =
+            |f: fn(&Percentiles) -> Duration| p.as_ref().map_or("-".into(), |p| fmt_f(ms(f(p)), 3));
+        let plain = r
+            .handshake
+            .iter()
+            .find(|x| x.enc == Encryption::Plain)
+            .and_then(HandshakeResult::percentiles);
+        t.row(vec![
+            enc.as_str().into(),
+            format!("{}/{}", h.times.len(), h.asked),
+            cell(|p| p.p50),
+            cell(|p| p.p90),
+            cell(|p| p.p99),
+            cell(|p| p.max),
+            match (enc, p, plain) {
+                (Encryption::Tls, Some(p), Some(q)) => fmt_f(ms(p.p50) / ms(q.p50), 2),
+                _ => String::new(),
+            },
+        ]);
+        r.notes.extend(
+            h.errors
+                .iter()
+                .map(|e| format!("handshake {}: {e}", enc.as_str())),
+        );
+        if h.slow_teardowns > 0 {
+            r.notes.push(format!(
+                "handshake {}: {} samples started with a socket of the previous one still \
+                 closing",
+                enc.as_str(),
+                h.slow_teardowns
+            ));
+        }
+        r.handshake.push(h);
+    }
+    t.print();
+    heading(&format!(
+        "8b. Accept storm: {} distinct nodes dial one node from {} threads (its pending, \
+         link and connection caps raised above {})",
+        plan.storm_dials, plan.storm_threads, plan.storm_dials
+    ));
+    let mut t = Table::new(&[
+        "enc",
+        "dials",
+        "linked",
+        "failed",
+        "secs",
+        "handshakes/s",
+        "dial p50 ms",
+        "dial p99 ms",
+        "target links",
+        "target refused/failed",
+        "setup s",
+    ]);
+    for &enc in &plan.encs {
+        let s = handshake::storm(enc, plan.storm_dials, plan.storm_threads, plan.storm_budget);
+        let p = Percentiles::of(&s.times);
+        t.row(vec![
+            enc.as_str().into(),
+            s.dials.to_string(),
+            s.ok.to_string(),
+            (s.failed + s.not_started).to_string(),
+            fmt_f(s.elapsed.as_secs_f64(), 3),
+            fmt_n(s.per_sec()),
+            p.map_or("-".into(), |p| fmt_f(ms(p.p50), 2)),
+            p.map_or("-".into(), |p| fmt_f(ms(p.p99), 2)),
+            s.target_links.to_string(),
+            s.refusals.total().to_string(),
+            fmt_f(s.setup.as_secs_f64(), 2),
+        ]);
+        r.notes.extend(
+            s.errors
+                .iter()
+                .map(|e| format!("accept storm {}: {e}", enc.as_str())),
+        );
+        if s.target_links < s.ok {
+            r.notes.push(format!(
+                "accept storm {}: {} dials linked but the target had {} links",
+                enc.as_str(),
+                s.ok,
+                s.target_links
+            ));
+        }
+        r.storm.push(s);
+    }
+    t.print();
 }
 
 /// One note for a list of similar errors: the count and the first two.
@@ -745,9 +1005,180 @@ fn verdict(ok: Option<bool>) -> String {
     }
 }
 
+/// What a TLS/plain ratio is held to.
+#[derive(Clone, Copy)]
+enum Target {
+    AtLeast(f64),
+    AtMost(f64),
+}
+
+impl Target {
+    fn text(self) -> String {
+        match self {
+            Target::AtLeast(x) => format!(">= {x}"),
+            Target::AtMost(x) => format!("<= {x}"),
+        }
+    }
+
+    fn met(self, value: f64) -> Option<bool> {
+        value.is_finite().then_some(match self {
+            Target::AtLeast(x) => value >= x,
+            Target::AtMost(x) => value <= x,
+        })
+    }
+}
+
+/// One TLS/plain comparison of the same figure measured in the same run.
+struct Ratio {
+    /// Its name in the JSON (`tls_vs_plain`).
+    key: String,
+    label: String,
+    tls: f64,
+    plain: f64,
+    /// Unit of `tls` and `plain`, for the summary.
+    unit: &'static str,
+    target: Option<Target>,
+}
+
+impl Ratio {
+    fn value(&self) -> f64 {
+        self.tls / self.plain
+    }
+}
+
+/// Every figure measured for both encryptions, as TLS / plain. Throughputs: above 1
+/// means TLS is faster; times and memory: above 1 means TLS costs more.
+fn tls_vs_plain(r: &Results) -> Vec<Ratio> {
+    let mut v = Vec::new();
+    let mut add = |key: String, label: String, unit, target, f: &dyn Fn(Encryption) -> f64| {
+        let (tls, plain) = (f(Encryption::Tls), f(Encryption::Plain));
+        if tls.is_finite() && plain.is_finite() {
+            v.push(Ratio {
+                key,
+                label,
+                tls,
+                plain,
+                unit,
+                target,
+            });
+        }
+    };
+    let mut sizes: Vec<usize> = r.link.iter().map(|l| l.size).collect();
+    sizes.dedup();
+    for size in sizes {
+        let target = (size >= 1024).then_some(Target::AtLeast(0.5));
+        add(
+            format!("link_{size}_msgs_per_sec"),
+            format!("link {} msg/s", size_label(size)),
+            "msg/s",
+            target,
+            &|enc| {
+                r.link
+                    .iter()
+                    .find(|l| l.size == size && l.enc == enc)
+                    .map_or(f64::NAN, |l| l.msgs_per_sec)
+            },
+        );
+    }
+    if let Some(res) = &r.rtt {
+        add("rtt_p50".into(), "rtt p50".into(), "us", None, &|enc| {
+            p50_us(res.node_times(enc))
+        });
+    }
+    let mut nodes: Vec<usize> = r.broadcast.iter().map(|(l, _)| l.nodes).collect();
+    nodes.dedup();
+    for n in nodes {
+        let pick = |enc: Encryption, f: fn(&Percentiles) -> Duration| {
+            r.broadcast
+                .iter()
+                .find(|(l, _)| l.nodes == n && l.enc == enc)
+                .and_then(|(l, _)| l.percentiles())
+                .map_or(f64::NAN, |p| ms(f(&p)))
+        };
+        let target = (n >= 50).then_some(Target::AtMost(1.2));
+        add(
+            format!("broadcast_{n}_p50"),
+            format!("broadcast p50, {n} nodes"),
+            "ms",
+            target,
+            &|enc| pick(enc, |p| p.p50),
+        );
+        add(
+            format!("broadcast_{n}_p99"),
+            format!("broadcast p99, {n} nodes"),
+            "ms",
+            None,
+            &|enc| pick(enc, |p| p.p99),
+        );
+    }
+    add(
+        "burst_msgs_per_sec".into(),
+        "burst msg/s, slowest node".into(),
+        "msg/s",
+        None,
+        &|enc| {
+            r.burst
+                .iter()
+                .find(|b| b.enc == enc)
+                .map_or(f64::NAN, BurstResult::msgs_per_sec_slowest)
+        },
+    );
+    add("join_secs".into(), "join".into(), "s", None, &|enc| {
+        r.join
+            .iter()
+            .find(|j| j.enc == enc)
+            .map_or(f64::NAN, |j| j.convergence.elapsed.as_secs_f64())
+    });
+    add(
+        "memory_per_link_kib".into(),
+        "RSS per link".into(),
+        "KiB",
+        None,
+        &|enc| {
+            r.memory
+                .iter()
+                .find(|m| m.enc == enc)
+                .map_or(f64::NAN, MemoryResult::per_link_kib)
+        },
+    );
+    add(
+        "handshake_p50".into(),
+        "handshake p50".into(),
+        "ms",
+        None,
+        &|enc| {
+            r.handshake
+                .iter()
+                .find(|h| h.enc == enc)
+                .and_then(HandshakeResult::percentiles)
+                .map_or(f64::NAN, |p| ms(p.p50))
+        },
+    );
+    add(
+        "accept_storm_per_sec".into(),
+        "accept storm handshakes/s".into(),
+        "/s",
+        None,
+        &|enc| {
+            r.storm
+                .iter()
+                .find(|s| s.enc == enc)
+                .map_or(f64::NAN, StormResult::per_sec)
+        },
+    );
+    v
+}
+
 fn print_summary(r: &Results) {
     heading("Summary against the targets");
-    let mut t = Table::new(&["figure", "measured", "target", "verdict", "reference"]);
+    let mut t = Table::new(&[
+        "figure",
+        "enc",
+        "measured",
+        "target",
+        "verdict",
+        "reference",
+    ]);
     for l in &r.link {
         let (target, reference) = match l.size {
             64 => (0.25, "C++ original: ~130 direct msg/s".to_string()),
@@ -757,6 +1188,7 @@ fn print_summary(r: &Results) {
         let ratio = l.ratio();
         t.row(vec![
             format!("link {} ratio", size_label(l.size)),
+            l.enc.as_str().into(),
             format!(
                 "{} ({} msg/s, {} MB/s{})",
                 fmt_f(ratio, 3),
@@ -776,15 +1208,17 @@ fn print_summary(r: &Results) {
         ]);
     }
     if let Some(res) = &r.rtt {
-        let ratio = rtt_ratio(res);
-        let p50 = Percentiles::of(&res.node).map_or(f64::NAN, |p| us(p.p50));
-        t.row(vec![
-            "rtt p50 ratio".into(),
-            format!("{} ({} us)", fmt_f(ratio, 2), fmt_f(p50, 1)),
-            "<= 1.5".into(),
-            verdict(ratio.is_finite().then_some(ratio <= 1.5)),
-            "raw ping-pong ~67 us".into(),
-        ]);
+        for (enc, times) in &res.node {
+            let ratio = rtt_ratio(res, *enc);
+            t.row(vec![
+                "rtt p50 ratio".into(),
+                enc.as_str().into(),
+                format!("{} ({} us)", fmt_f(ratio, 2), fmt_f(p50_us(times), 1)),
+                "<= 1.5".into(),
+                verdict(ratio.is_finite().then_some(ratio <= 1.5)),
+                "raw ping-pong ~67 us".into(),
+            ]);
+        }
     }
     for (l, _) in &r.broadcast {
         let (target, reference) = match l.nodes {
@@ -796,6 +1230,7 @@ fn print_summary(r: &Results) {
         let complete = l.incomplete == 0;
         t.row(vec![
             format!("broadcast p99, {} nodes", l.nodes),
+            l.enc.as_str().into(),
             format!(
                 "{} ms{}",
                 fmt_f(p99, 2),
@@ -813,6 +1248,7 @@ fn print_summary(r: &Results) {
         let p99 = l.percentiles().map_or(f64::NAN, |p| ms(p.p99));
         t.row(vec![
             format!("broadcast p99, {} nodes, {} origins", l.nodes, l.origins),
+            l.enc.as_str().into(),
             format!(
                 "{} ms{}",
                 fmt_f(p99, 2),
@@ -827,10 +1263,11 @@ fn print_summary(r: &Results) {
             "-".into(),
         ]);
     }
-    if let Some(b) = &r.burst {
+    for b in &r.burst {
         let rate = b.msgs_per_sec_slowest();
         t.row(vec![
             format!("burst, slowest of {}", b.nodes),
+            b.enc.as_str().into(),
             format!(
                 "{} msg/s, lost {}, dups {}",
                 fmt_n(rate),
@@ -848,6 +1285,7 @@ fn print_summary(r: &Results) {
         let secs = j.convergence.elapsed.as_secs_f64();
         t.row(vec![
             format!("join of {}", j.nodes),
+            j.enc.as_str().into(),
             format!(
                 "{} s{}",
                 fmt_f(secs, 2),
@@ -862,9 +1300,15 @@ fn print_summary(r: &Results) {
             String::new(),
         ]);
     }
-    if let Some(m) = &r.memory {
+    for m in &r.memory {
+        // The TLS session state has a budget of its own.
+        let per_link_target = match m.enc {
+            Encryption::Tls => 100.0,
+            Encryption::Plain => 128.0,
+        };
         t.row(vec![
             "idle RSS".into(),
+            m.enc.as_str().into(),
             format!("{} KiB", m.idle_rss_kib),
             "< 4 MiB".into(),
             verdict(Some(m.idle_rss_kib < 4096)),
@@ -872,17 +1316,78 @@ fn print_summary(r: &Results) {
         ]);
         t.row(vec![
             "RSS per link".into(),
+            m.enc.as_str().into(),
             format!(
                 "{} KiB ({} threads/link)",
                 fmt_f(m.per_link_kib(), 1),
                 fmt_f(m.threads_per_link(), 2)
             ),
-            "< 128 KiB".into(),
-            verdict(Some(m.per_link_kib() < 128.0)),
+            format!("< {per_link_target} KiB"),
+            verdict(Some(m.per_link_kib() < per_link_target)),
+            String::new(),
+        ]);
+    }
+    for h in &r.handshake {
+        let p = h.percentiles();
+        let p50 = p.map_or(f64::NAN, |p| ms(p.p50));
+        let target = (h.enc == Encryption::Tls).then_some(2.0);
+        t.row(vec![
+            "handshake p50 (p99)".into(),
+            h.enc.as_str().into(),
+            format!(
+                "{} ms ({} ms, {}/{} samples)",
+                fmt_f(p50, 3),
+                fmt_f(p.map_or(f64::NAN, |p| ms(p.p99)), 3),
+                h.times.len(),
+                h.asked
+            ),
+            target.map_or("-".into(), |x| format!("< {x} ms")),
+            target.map_or("-".into(), |x| verdict(p50.is_finite().then_some(p50 < x))),
+            String::new(),
+        ]);
+    }
+    for s in &r.storm {
+        t.row(vec![
+            format!("accept storm, {} dials", s.dials),
+            s.enc.as_str().into(),
+            format!(
+                "{} handshakes/s, {} failed",
+                fmt_n(s.per_sec()),
+                s.failed + s.not_started
+            ),
+            "-".into(),
+            "-".into(),
+            String::new(),
+        ]);
+    }
+    for x in tls_vs_plain(r) {
+        t.row(vec![
+            x.label.clone(),
+            "tls/plain".into(),
+            format!(
+                "{} ({} vs {} {})",
+                fmt_f(x.value(), 2),
+                fmt_g(x.tls),
+                fmt_g(x.plain),
+                x.unit
+            ),
+            x.target.map_or("-".into(), Target::text),
+            x.target.map_or("-".into(), |tg| verdict(tg.met(x.value()))),
             String::new(),
         ]);
     }
     t.print();
+}
+
+/// A figure of any size with sensible decimals.
+fn fmt_g(x: f64) -> String {
+    if x.abs() >= 1000.0 {
+        fmt_n(x)
+    } else if x.abs() >= 10.0 {
+        fmt_f(x, 1)
+    } else {
+        fmt_f(x, 3)
+    }
 }
 
 /// `target/bench/overlay.json` (under `CARGO_TARGET_DIR` when set).
@@ -915,6 +1420,7 @@ fn to_json(plan: &Plan, r: &Results, total: Duration) -> Value {
         .iter()
         .map(|l| {
             json!({
+                "enc": l.enc.as_str(),
                 "size": l.size, "msgs": l.count,
                 "msgs_per_sec": l.msgs_per_sec,
                 "baseline_msgs_per_sec": l.baseline_msgs_per_sec,
@@ -930,23 +1436,31 @@ fn to_json(plan: &Plan, r: &Results, total: Duration) -> Value {
             })
         })
         .collect();
-    let rtt = r.rtt.as_ref().map_or(Value::Null, |res| {
-        json!({
-            "size": res.size, "trips": res.node.len(),
-            "p50_us": pct(&res.node, |p| p.p50, us),
-            "p90_us": pct(&res.node, |p| p.p90, us),
-            "p99_us": pct(&res.node, |p| p.p99, us),
-            "baseline_p50_us": pct(&res.baseline, |p| p.p50, us),
-            "baseline_p90_us": pct(&res.baseline, |p| p.p90, us),
-            "baseline_p99_us": pct(&res.baseline, |p| p.p99, us),
-            "ratio": rtt_ratio(res),
-            "threaded_baseline_p50_us": pct(&res.floor, |p| p.p50, us),
-            "threaded_ratio": floor_ratio(res),
-            "complete": res.errors.is_empty(),
-        })
+    // One entry per encryption; the raw-TCP figures are the same in each.
+    let rtt: Vec<Value> = r.rtt.as_ref().map_or(Vec::new(), |res| {
+        res.node
+            .iter()
+            .map(|(enc, node)| {
+                json!({
+                    "enc": enc.as_str(),
+                    "size": res.size, "trips": node.len(),
+                    "p50_us": pct(node, |p| p.p50, us),
+                    "p90_us": pct(node, |p| p.p90, us),
+                    "p99_us": pct(node, |p| p.p99, us),
+                    "baseline_p50_us": pct(&res.baseline, |p| p.p50, us),
+                    "baseline_p90_us": pct(&res.baseline, |p| p.p90, us),
+                    "baseline_p99_us": pct(&res.baseline, |p| p.p99, us),
+                    "ratio": rtt_ratio(res, *enc),
+                    "threaded_baseline_p50_us": pct(&res.floor, |p| p.p50, us),
+                    "threaded_ratio": floor_ratio(res, *enc),
+                    "complete": res.errors.is_empty(),
+                })
+            })
+            .collect()
     });
     let latency_json = |(l, conv): &(LatencyResult, Convergence)| {
         json!({
+            "enc": l.enc.as_str(),
             "nodes": l.nodes, "origins": l.origins, "msgs": l.sent,
             "p50_ms": pct(&l.times, |p| p.p50, ms),
             "p90_ms": pct(&l.times, |p| p.p90, ms),
@@ -966,23 +1480,29 @@ fn to_json(plan: &Plan, r: &Results, total: Duration) -> Value {
     };
     let broadcast: Vec<Value> = r.broadcast.iter().map(latency_json).collect();
     let broadcast_multi: Vec<Value> = r.broadcast_multi.iter().map(latency_json).collect();
-    let burst = r.burst.as_ref().map_or(Value::Null, |b| {
-        json!({
-            "nodes": b.nodes, "msgs": b.msgs,
-            "msgs_per_sec_slowest": b.msgs_per_sec_slowest(),
-            "lost": b.lost, "duplicates": b.duplicates,
-            "slowest_secs": b.slowest.as_secs_f64(),
-            "origin_send_secs": b.send_time.as_secs_f64(),
-            "slow_peers_dropped": b.counters.slow_peers_dropped,
-            "events_dropped": b.counters.events_dropped,
-            "complete": b.complete,
+    let burst: Vec<Value> = r
+        .burst
+        .iter()
+        .map(|b| {
+            json!({
+                "enc": b.enc.as_str(),
+                "nodes": b.nodes, "msgs": b.msgs,
+                "msgs_per_sec_slowest": b.msgs_per_sec_slowest(),
+                "lost": b.lost, "duplicates": b.duplicates,
+                "slowest_secs": b.slowest.as_secs_f64(),
+                "origin_send_secs": b.send_time.as_secs_f64(),
+                "slow_peers_dropped": b.counters.slow_peers_dropped,
+                "events_dropped": b.counters.events_dropped,
+                "complete": b.complete,
+            })
         })
-    });
+        .collect();
     let join: Vec<Value> = r
         .join
         .iter()
         .map(|j| {
             json!({
+                "enc": j.enc.as_str(),
                 "nodes": j.nodes,
                 "secs": j.convergence.elapsed.as_secs_f64(),
                 "joins_secs": j.joins.as_secs_f64(),
@@ -991,20 +1511,82 @@ fn to_json(plan: &Plan, r: &Results, total: Duration) -> Value {
             })
         })
         .collect();
-    let memory = r.memory.as_ref().map_or(Value::Null, |m| {
-        json!({
-            "idle_rss_kib": m.idle_rss_kib as f64,
-            "per_link_kib": m.per_link_kib(),
-            "threads_per_link": m.threads_per_link(),
-            "links": m.links_up,
-            "links_requested": m.links,
-            "loaded_rss_kib": m.loaded_rss_kib as f64,
-            "idle_threads": m.idle_threads,
-            "loaded_threads": m.loaded_threads,
+    let memory: Vec<Value> = r
+        .memory
+        .iter()
+        .map(|m| {
+            json!({
+                "enc": m.enc.as_str(),
+                "idle_rss_kib": m.idle_rss_kib as f64,
+                "per_link_kib": m.per_link_kib(),
+                "threads_per_link": m.threads_per_link(),
+                "links": m.links_up,
+                "links_requested": m.links,
+                "loaded_rss_kib": m.loaded_rss_kib as f64,
+                "idle_threads": m.idle_threads,
+                "loaded_threads": m.loaded_threads,
+            })
         })
-    });
+        .collect();
+    let handshake: Vec<Value> = r
+        .handshake
+        .iter()
+        .map(|h| {
+            json!({
+                "enc": h.enc.as_str(),
+                "samples": h.times.len(),
+                "samples_requested": h.asked,
+                "p50_ms": pct(&h.times, |p| p.p50, ms),
+                "p90_ms": pct(&h.times, |p| p.p90, ms),
+                "p99_ms": pct(&h.times, |p| p.p99, ms),
+                "max_ms": pct(&h.times, |p| p.max, ms),
+                "slow_teardowns": h.slow_teardowns,
+                "complete": h.errors.is_empty(),
+            })
+        })
+        .collect();
+    let storm: Vec<Value> = r
+        .storm
+        .iter()
+        .map(|s| {
+            json!({
+                "enc": s.enc.as_str(),
+                "dials": s.dials,
+                "threads": s.threads,
+                "linked": s.ok,
+                "failed": s.failed,
+                "not_started": s.not_started,
+                "secs": s.elapsed.as_secs_f64(),
+                "handshakes_per_sec": s.per_sec(),
+                "dial_p50_ms": pct(&s.times, |p| p.p50, ms),
+                "dial_p99_ms": pct(&s.times, |p| p.p99, ms),
+                "target_links": s.target_links,
+                "target_handshakes_failed": s.refusals.handshakes_failed,
+                "target_refused_connections": s.refusals.refused_connections,
+                "target_connections_refused_cap": s.refusals.connections_refused_cap,
+                "target_refused_links": s.refusals.refused_links,
+                "target_pending_evicted": s.refusals.pending_evicted,
+                "target_links_evicted": s.refusals.links_evicted,
+                "setup_secs": s.setup.as_secs_f64(),
+            })
+        })
+        .collect();
+    let ratios: serde_json::Map<String, Value> = tls_vs_plain(r)
+        .iter()
+        .map(|x| {
+            (
+                x.key.clone(),
+                json!({
+                    "ratio": x.value(), "tls": x.tls, "plain": x.plain, "unit": x.unit,
+                    "target": x.target.map(Target::text),
+                    "met": x.target.and_then(|tg| tg.met(x.value())),
+                }),
+            )
+        })
+        .collect();
     json!({
         "mode": if plan.quick { "quick" } else { "full" },
+        "encryptions": plan.encs.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
         "source": source_version(),
         "load_average_at_start": r.load_before,
         "other_cpu_percent": r.other_cpu.iter().map(|(n, p)| (n.clone(), json!(p)))
@@ -1013,6 +1595,8 @@ fn to_json(plan: &Plan, r: &Results, total: Duration) -> Value {
         "link": link, "rtt": rtt, "broadcast": broadcast,
         "broadcast_multi_origin": broadcast_multi, "burst": burst,
         "join": join, "memory": memory,
+        "handshake": handshake, "accept_storm": storm,
+        "tls_vs_plain": ratios,
         "notes": r.notes,
     })
 }

@@ -4,7 +4,10 @@
 //! `target/release/p2p-node` under `cargo bench`). It runs as
 //! `p2p-node 0 --bind 127.0.0.1 --max-links 256` (plus `--max-inbound 256` and
 //! `--no-peers-file` when its `--help` lists them), with stdin held open like an
-//! interactive node. Figures
+//! interactive node. TLS is the binary's default; for plaintext links it gets
+//! `--plaintext`, and when its `--help` does not list that flag the plaintext
+//! measurement is skipped with a note (a TLS node cannot take plaintext clients).
+//! The client nodes use the same encryption as the process. Figures
 //! come from `/proc/<pid>/status` (`VmRSS`) and the entries of `/proc/<pid>/task`:
 //!
 //! 1. idle: 1.5 s after the node printed its listening line, no links;
@@ -23,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver};
-use p2p_overlay::Node;
+use p2p_overlay::{Encryption, Node};
 
 use crate::support::{local_config, proc_status_kib, spawn, stop_all, thread_count};
 use crate::watchdog;
@@ -70,11 +73,20 @@ fn help_text() -> String {
 }
 
 impl NodeProcess {
-    fn start(max_links: usize) -> Result<NodeProcess, String> {
+    fn start(max_links: usize, enc: Encryption) -> Result<NodeProcess, String> {
         let mut cmd = Command::new(NODE_BIN);
         cmd.args(["0", "--bind", "127.0.0.1", "--max-links"])
             .arg(max_links.to_string());
         let help = help_text();
+        if enc == Encryption::Plain {
+            if !help.contains("--plaintext") {
+                return Err(format!(
+                    "plaintext not measured: {NODE_BIN} --help lists no --plaintext flag \
+                     (the binary always runs TLS)"
+                ));
+            }
+            cmd.arg("--plaintext");
+        }
         // Newer binaries cap inbound links separately (default 64): lift it too, since
         // every measured link is dialled by the bench.
         if help.contains("--max-inbound") {
@@ -122,6 +134,7 @@ impl NodeProcess {
 }
 
 pub struct MemoryResult {
+    pub enc: Encryption,
     pub links: usize,
     pub idle_rss_kib: u64,
     pub idle_threads: usize,
@@ -142,15 +155,15 @@ impl MemoryResult {
     }
 }
 
-pub fn measure(links: usize) -> Result<MemoryResult, String> {
-    let p = NodeProcess::start(256)?;
+pub fn measure(links: usize, enc: Encryption) -> Result<MemoryResult, String> {
+    let p = NodeProcess::start(256, enc)?;
     std::thread::sleep(Duration::from_millis(1500));
     let (idle_rss_kib, idle_threads) = p.sample()?;
 
     let mut errors = Vec::new();
     let mut clients = Vec::with_capacity(links);
     for i in 0..links {
-        let mut cfg = local_config();
+        let mut cfg = local_config(enc);
         cfg.auto_dial = false;
         cfg.target_links = 1;
         cfg.max_links = 4;
@@ -179,6 +192,7 @@ pub fn measure(links: usize) -> Result<MemoryResult, String> {
     }
     drop(p);
     Ok(MemoryResult {
+        enc,
         links,
         idle_rss_kib,
         idle_threads,

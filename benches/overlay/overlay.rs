@@ -2,7 +2,8 @@
 //! a record of who delivered which broadcast when.
 //!
 //! Every node runs with the default [`Config`](p2p_overlay::Config) on 127.0.0.1
-//! (target 8 links, auto-dial on). Each node gets one consumer thread that takes its
+//! (target 8 links, auto-dial on), every node of one overlay with the same
+//! [`Encryption`]. Each node gets one consumer thread that takes its
 //! events, timestamps every `Event::Broadcast` the moment it is taken off the queue,
 //! and forwards `(node, run, seq, instant)` to one collector channel; the text of
 //! every bench broadcast starts with `b<run>:<seq>` so deliveries can be counted per
@@ -21,7 +22,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver};
-use p2p_overlay::{Event, Node};
+use p2p_overlay::{Encryption, Event, Node};
 
 use crate::support::{local_config, spawn, stop_all, Rng};
 
@@ -123,6 +124,8 @@ pub struct Overlay {
     pub deliveries: Receiver<Delivery>,
     /// `connect_to_peer` calls that failed while forming the overlay.
     pub join_errors: Vec<String>,
+    /// How every link of this overlay travels.
+    pub enc: Encryption,
     index: HashMap<SocketAddr, usize>,
     stop: Arc<AtomicBool>,
     consumers: Vec<JoinHandle<()>>,
@@ -130,19 +133,20 @@ pub struct Overlay {
 
 impl Overlay {
     /// Starts `n` unconnected nodes and their consumers.
-    pub fn start(n: usize) -> Result<Overlay, String> {
+    pub fn start(n: usize, enc: Encryption) -> Result<Overlay, String> {
         let (tx, rx) = unbounded();
         let stop = Arc::new(AtomicBool::new(false));
         let mut ov = Overlay {
             nodes: Vec::with_capacity(n),
             deliveries: rx,
             join_errors: Vec::new(),
+            enc,
             index: HashMap::new(),
             stop: Arc::clone(&stop),
             consumers: Vec::with_capacity(n),
         };
         for i in 0..n {
-            let node = Node::start(local_config()).map_err(|e| format!("node {i}: {e}"))?;
+            let node = Node::start(local_config(enc)).map_err(|e| format!("node {i}: {e}"))?;
             ov.index.insert(node.local_addr(), i);
             let (events, tx, stop) = (node.events(), tx.clone(), Arc::clone(&stop));
             ov.consumers.push(spawn("consumer", move || {
@@ -173,8 +177,8 @@ impl Overlay {
 
     /// `n` nodes where node `i` joins through a random earlier node (seeded, so every
     /// run builds the same sequence of choices).
-    pub fn form_random(n: usize, seed: u64) -> Result<Overlay, String> {
-        let mut ov = Overlay::start(n)?;
+    pub fn form_random(n: usize, seed: u64, enc: Encryption) -> Result<Overlay, String> {
+        let mut ov = Overlay::start(n, enc)?;
         let mut rng = Rng::new(seed);
         for i in 1..n {
             let via = ov.nodes[rng.below(i)].local_addr();

@@ -8,16 +8,18 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::bounded;
-use p2p_overlay::{Config, Node};
+use p2p_overlay::{Config, Encryption, Node};
 
 /// Stack of the helper threads the bench starts itself (consumers, stoppers, the
 /// raw-TCP peers): they only move a few small buffers.
 pub const HELPER_STACK: usize = 128 * 1024;
 
-/// The config of every bench node: 127.0.0.1 with an OS-chosen port and every
-/// other setting at its default.
-pub fn local_config() -> Config {
-    Config::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)
+/// The config of every bench node: 127.0.0.1 with an OS-chosen port, links of the
+/// given encryption, and every other setting at its default.
+pub fn local_config(enc: Encryption) -> Config {
+    let mut config = Config::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+    config.encryption = enc;
+    config
 }
 
 /// Starts a helper thread with a small stack; the bench cannot go on without it.
