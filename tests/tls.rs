@@ -991,3 +991,141 @@ fn heartbeats_flow_during_bulk_transfer() {
     );
     assert!(a.is_linked_to(&b) && b.is_linked_to(&a));
 }
+
+// -------------------------------------------------------------------------------------
+// More refusals: certificate variants, stalls after TLS, stalls on dials, stop
+// -------------------------------------------------------------------------------------
+
+/// (3b) A self-signed Ed25519 certificate that is not valid yet (from 2090) is refused.
+#[test]
+fn refuses_not_yet_valid_certificate() {
+    let node = tls_node(Duration::from_secs(2));
+    let key = ed25519_key();
+    let mut p = params("future");
+    p.not_before = rcgen::date_time_ymd(2090, 1, 1);
+    p.not_after = rcgen::date_time_ymd(2091, 1, 1);
+    let cred = Cred {
+        chain: vec![p.self_signed(&key).unwrap().der().clone()],
+        id: id_of(&key),
+        key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+    };
+    let before = failed(&node);
+    let (mut s, _) = tls_connect(node.addr(), Some(&cred));
+    let _ = s.write_all(&join_frame(cred.id, 9));
+    let _ = s.flush();
+    assert!(
+        tls_ends_within(&mut s, DEADLINE),
+        "node kept the socket open"
+    );
+    assert_refused(&node, before, Some(cred.id));
+}
+
+/// (3c) A valid self-signed certificate with an ECDSA P-256 key carries no node id:
+/// refused (whether the client then sends it or, finding no Ed25519 scheme to sign
+/// with, sends none).
+#[test]
+fn refuses_non_ed25519_certificate() {
+    let node = tls_node(Duration::from_secs(2));
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cred = Cred {
+        chain: vec![params("ecdsa").self_signed(&key).unwrap().der().clone()],
+        id: NodeId(1),
+        key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+    };
+    let before = failed(&node);
+    let (mut s, _) = tls_connect(node.addr(), Some(&cred));
+    let _ = s.write_all(&join_frame(NodeId::random(), 9));
+    let _ = s.flush();
+    assert!(
+        tls_ends_within(&mut s, DEADLINE),
+        "node kept the socket open"
+    );
+    assert_refused(&node, before, None);
+}
+
+/// (3d) In an open network a certificate must be its own anchor: a valid
+/// self-signed leaf followed by any "intermediate" is refused.
+#[test]
+fn open_network_refuses_a_chain() {
+    let node = tls_node(Duration::from_secs(2));
+    let mut cred = self_signed();
+    let ca = make_ca("some CA");
+    cred.chain.push(ca.der().clone());
+    let before = failed(&node);
+    let (mut s, _) = tls_connect(node.addr(), Some(&cred));
+    let _ = s.write_all(&join_frame(cred.id, 9));
+    let _ = s.flush();
+    assert!(
+        tls_ends_within(&mut s, DEADLINE),
+        "node kept the socket open"
+    );
+    assert_refused(&node, before, Some(cred.id));
+}
+
+/// (9b) TLS completes, then no JOIN ever comes: the node closes at the handshake
+/// timeout (the deadline covers TLS and JOIN together).
+#[test]
+fn tls_without_join_is_closed_at_the_timeout() {
+    let timeout = Duration::from_secs(2);
+    let node = tls_node(timeout);
+    let cred = self_signed();
+    let before = failed(&node);
+    let started = Instant::now();
+    let (mut s, r) = tls_connect(node.addr(), Some(&cred));
+    r.expect("TLS completes");
+    assert!(
+        tls_ends_within(&mut s, timeout + Duration::from_secs(8)),
+        "still open after {:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() >= timeout - Duration::from_millis(300));
+    assert_refused(&node, before, Some(cred.id));
+}
+
+/// (9c) The node dials an address whose listener accepts TCP but never answers the
+/// ClientHello: `connect_to_peer` fails with `TlsTimeout` near the handshake timeout.
+#[test]
+fn dial_to_silent_server_times_out() {
+    let timeout = Duration::from_secs(2);
+    let node = tls_node(timeout);
+    let silent = TcpListener::bind((localhost(), 0)).unwrap();
+    let started = Instant::now();
+    match node.connect_to_peer(silent.local_addr().unwrap()) {
+        Err(Error::Handshake {
+            reason: HandshakeError::TlsTimeout { .. },
+            ..
+        }) => {}
+        other => panic!("expected TlsTimeout, got {other:?}"),
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= timeout - Duration::from_millis(300) && took < timeout + Duration::from_secs(8),
+        "took {took:?}"
+    );
+    keeps_serving(&node);
+}
+
+/// (9d) `stop` is not held up by TLS handshakes stalled in both directions (an
+/// inbound partial ClientHello, a dial to a silent server), with a 30 s handshake
+/// timeout.
+#[test]
+fn stop_is_not_held_up_by_stalled_tls_handshakes() {
+    let node = tls_node(Duration::from_secs(30));
+    let hello = client_hello();
+    let mut inbound = tcp(node.addr());
+    inbound.write_all(&hello[..hello.len() / 2]).unwrap();
+    let silent = TcpListener::bind((localhost(), 0)).unwrap();
+    let dialer = {
+        let n = Arc::clone(&node.node);
+        let to = silent.local_addr().unwrap();
+        thread::spawn(move || n.connect_to_peer(to))
+    };
+    // Both handshakes are under way.
+    assert!(eventually(DEADLINE, || node.info().connections >= 2));
+    let started = Instant::now();
+    node.stop();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "stop took {took:?}");
+    assert!(closed_within(&mut inbound, DEADLINE));
+    assert!(dialer.join().unwrap().is_err());
+}
