@@ -1129,3 +1129,42 @@ fn stop_is_not_held_up_by_stalled_tls_handshakes() {
     assert!(closed_within(&mut inbound, DEADLINE));
     assert!(dialer.join().unwrap().is_err());
 }
+
+/// (7b) Mixed modes dialling each other fail at once with the reason named: a
+/// plaintext node dialling a TLS node learns `PeerTls` (it reads the TLS alert), a
+/// TLS node dialling a plaintext node learns `PeerPlaintext` (it reads the plaintext
+/// JOIN where a ServerHello belongs).
+#[test]
+fn mixed_mode_dials_name_the_mismatch() {
+    let long = Duration::from_secs(30);
+    let tls = start_node(|c| {
+        c.handshake_timeout = long;
+        c.auto_dial = false;
+    });
+    let plain = start_node(|c| {
+        c.encryption = Encryption::Plain;
+        c.handshake_timeout = long;
+        c.auto_dial = false;
+    });
+    for round in 0..5 {
+        let started = Instant::now();
+        match plain.connect_to_peer(tls.addr()) {
+            Err(Error::Handshake {
+                reason: HandshakeError::PeerTls,
+                ..
+            }) => {}
+            other => panic!("round {round}: plaintext -> TLS: expected PeerTls, got {other:?}"),
+        }
+        match tls.connect_to_peer(plain.addr()) {
+            Err(Error::Handshake {
+                reason: HandshakeError::PeerPlaintext,
+                ..
+            }) => {}
+            other => {
+                panic!("round {round}: TLS -> plaintext: expected PeerPlaintext, got {other:?}")
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+    assert!(tls.peers().is_empty() && plain.peers().is_empty());
+}
