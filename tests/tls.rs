@@ -727,7 +727,8 @@ fn stalled_handshake_is_closed_at_the_timeout() {
 /// 200 deterministic random inputs as a TLS node's first bytes: pure noise, noise
 /// behind a valid record header, and real ClientHellos with bytes flipped or cut.
 /// Each connection is half-closed after the input so no case waits for the timeout.
-/// The node never panics, closes every one, and still links with an honest node.
+/// The node never panics, closes and counts every one, and still links with an
+/// honest node.
 #[test]
 fn random_first_bytes_never_break_a_tls_node() {
     let _dog = watchdog("random_first_bytes_never_break_a_tls_node", WATCHDOG);
@@ -760,6 +761,7 @@ fn random_first_bytes_never_break_a_tls_node() {
                 hello[..cut].to_vec()
             }
         };
+        let before = failed(&node);
         let mut s = tcp(node.addr());
         let _ = s.write_all(&input);
         let _ = s.shutdown(Shutdown::Write);
@@ -769,6 +771,12 @@ fn random_first_bytes_never_break_a_tls_node() {
             input.len()
         );
         assert!(node.is_running(), "input {i}");
+        // Judged and refused, not silently dropped (a panicking connection thread
+        // would skip the count).
+        assert!(
+            eventually(DEADLINE, || failed(&node) > before),
+            "input {i}: not counted as a failed handshake"
+        );
     }
     assert!(node.peers().is_empty());
     keeps_serving(&node);
