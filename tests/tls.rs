@@ -1176,3 +1176,120 @@ fn mixed_mode_dials_name_the_mismatch() {
     }
     assert!(tls.peers().is_empty() && plain.peers().is_empty());
 }
+
+/// A TLS server on 127.0.0.1 presenting `cred` that accepts one connection, runs its
+/// side of the handshake (accepting any client certificate) and reports whether it
+/// completed. What the node does as the *client* is then the test's subject.
+fn one_shot_server(cred: Cred) -> (SocketAddr, thread::JoinHandle<bool>) {
+    let listener = TcpListener::bind((localhost(), 0)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = server_config(&cred);
+    let h = thread::spawn(move || {
+        let Ok((sock, _)) = listener.accept() else {
+            return false;
+        };
+        sock.set_read_timeout(Some(DEADLINE)).unwrap();
+        sock.set_write_timeout(Some(DEADLINE)).unwrap();
+        let mut s = StreamOwned::new(ServerConnection::new(config).unwrap(), sock);
+        while s.conn.is_handshaking() {
+            if s.conn.complete_io(&mut s.sock).is_err() {
+                return false;
+            }
+        }
+        // A client that refused the server's certificate says so with an alert
+        // before the server would see its Finished.
+        let sock = s.sock.try_clone().unwrap();
+        !ends_within(&mut s, &sock, Duration::from_millis(200))
+    });
+    (addr, h)
+}
+
+/// (2b, 3e) The node checks the certificate of the node it dials, too: an open node
+/// refuses a server with an expired certificate, a closed node refuses a server whose
+/// certificate is self-signed (not issued by the network CA). `connect_to_peer`
+/// reports a TLS error.
+#[test]
+fn dialled_servers_certificate_is_checked() {
+    let open = tls_node(Duration::from_secs(2));
+    let (addr, server) = one_shot_server(expired_self_signed());
+    match open.connect_to_peer(addr) {
+        Err(Error::Handshake {
+            reason: HandshakeError::Tls(_),
+            ..
+        }) => {}
+        other => panic!("open node dialling an expired certificate: {other:?}"),
+    }
+    assert!(!server.join().unwrap(), "the node completed TLS with it");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = make_ca("network CA");
+    let closed = closed_node(&ca, dir.path());
+    let (addr, server) = one_shot_server(self_signed());
+    match closed.connect_to_peer(addr) {
+        Err(Error::Handshake {
+            reason: HandshakeError::Tls(_),
+            ..
+        }) => {}
+        other => panic!("closed node dialling a non-member: {other:?}"),
+    }
+    assert!(!server.join().unwrap(), "the node completed TLS with it");
+    assert!(open.peers().is_empty() && closed.peers().is_empty());
+}
+
+/// Many threads on each side sending small DATA at once, both ways: direct sends from
+/// callers' threads and the writer thread interleave on one TLS session. Every
+/// message arrives, each thread's in order (a record sent out of the order it was
+/// encrypted in would fail its MAC and drop the link).
+#[test]
+fn concurrent_small_sends_both_ways_keep_order() {
+    let _dog = watchdog("concurrent_small_sends_both_ways_keep_order", WATCHDOG);
+    const THREADS: usize = 4;
+    const EACH: usize = 3_000;
+    let a = start_node(|c| c.auto_dial = false);
+    let b = start_node(|c| c.auto_dial = false);
+    link(&a, &b);
+    let collect = |n: &TestNode| {
+        let events = n.events.clone();
+        thread::spawn(move || {
+            let mut next = [0usize; THREADS];
+            let mut got = 0;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while got < THREADS * EACH && Instant::now() < deadline {
+                match events.recv_timeout(Duration::from_millis(100)) {
+                    Ok(Event::Message { text, .. }) => {
+                        let (t, seq) = text.split_once(':').expect("t:seq");
+                        let (t, seq): (usize, usize) = (t.parse().unwrap(), seq.parse().unwrap());
+                        if next[t] != seq {
+                            return Err(format!("thread {t}: got {seq}, expected {}", next[t]));
+                        }
+                        next[t] += 1;
+                        got += 1;
+                    }
+                    Ok(Event::PeerDown { reason, .. }) => return Err(format!("down: {reason}")),
+                    _ => {}
+                }
+            }
+            Ok(got)
+        })
+    };
+    let ca = collect(&a);
+    let cb = collect(&b);
+    let mut senders = Vec::new();
+    for (from, to) in [(&a, b.addr()), (&b, a.addr())] {
+        for t in 0..THREADS {
+            let node = Arc::clone(&from.node);
+            senders.push(thread::spawn(move || {
+                for seq in 0..EACH {
+                    node.send_data_to_peer(to, &format!("{t}:{seq}"))
+                        .unwrap_or_else(|e| panic!("send {t}:{seq}: {e}"));
+                }
+            }));
+        }
+    }
+    for s in senders {
+        s.join().expect("sender");
+    }
+    assert_eq!(ca.join().unwrap(), Ok(THREADS * EACH), "at a");
+    assert_eq!(cb.join().unwrap(), Ok(THREADS * EACH), "at b");
+    assert!(a.is_linked_to(&b) && b.is_linked_to(&a));
+}
