@@ -1293,3 +1293,76 @@ fn concurrent_small_sends_both_ways_keep_order() {
     assert_eq!(cb.join().unwrap(), Ok(THREADS * EACH), "at b");
     assert!(a.is_linked_to(&b) && b.is_linked_to(&a));
 }
+
+/// (9e) Slowloris: a ClientHello trickled one byte every 50 ms (it would take many
+/// seconds), and, on another connection, a JOIN trickled one byte per TLS record after
+/// a completed TLS handshake. The handshake timeout bounds the whole exchange however
+/// the bytes trickle in: both are closed near it.
+#[test]
+fn trickled_handshakes_are_closed_at_the_timeout() {
+    let timeout = Duration::from_secs(2);
+    let node = tls_node(timeout);
+    let hello = client_hello();
+    let addr = node.addr();
+    let tls_trickle = thread::spawn(move || {
+        let mut s = tcp(addr);
+        let started = Instant::now();
+        for b in &hello {
+            if s.write_all(&[*b]).is_err() {
+                return started.elapsed();
+            }
+            // Closed? A read with a short timeout tells.
+            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            let mut buf = [0u8; 512];
+            match s.read(&mut buf) {
+                Ok(0) => return started.elapsed(),
+                Err(e)
+                    if !matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return started.elapsed()
+                }
+                _ => {}
+            }
+            if started.elapsed() > DEADLINE {
+                break;
+            }
+        }
+        panic!(
+            "the node kept a trickled ClientHello open for {:?}",
+            started.elapsed()
+        );
+    });
+    let cred = self_signed();
+    let join_trickle = thread::spawn(move || {
+        let started = Instant::now();
+        let (mut s, r) = tls_connect(addr, Some(&cred));
+        r.expect("TLS completes");
+        for b in join_frame(cred.id, 9) {
+            // One byte per TLS record.
+            if s.write_all(&[b]).and_then(|_| s.flush()).is_err() {
+                return started.elapsed();
+            }
+            if tls_ends_within(&mut s, Duration::from_millis(100)) {
+                return started.elapsed();
+            }
+            if started.elapsed() > DEADLINE {
+                break;
+            }
+        }
+        // The whole JOIN got through slowly but within the timeout: then the node may
+        // accept it; the trickle must be slow enough that this never happens.
+        panic!("the JOIN trickle finished after {:?}", started.elapsed());
+    });
+    for (what, h) in [("ClientHello", tls_trickle), ("JOIN", join_trickle)] {
+        let took = h.join().unwrap();
+        assert!(
+            took >= timeout - Duration::from_millis(300) && took < timeout + Duration::from_secs(8),
+            "{what} trickle closed after {took:?}"
+        );
+    }
+    assert!(node.peers().is_empty());
+    keeps_serving(&node);
+}
