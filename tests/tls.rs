@@ -1366,3 +1366,31 @@ fn trickled_handshakes_are_closed_at_the_timeout() {
     assert!(node.peers().is_empty());
     keeps_serving(&node);
 }
+
+/// (2c) A real open-network node (self-signed certificate) dialling a closed node is
+/// refused: the dial fails, the closed node counts it, neither lists the other, and
+/// the closed node still links a member.
+#[test]
+fn open_node_dialling_a_closed_network_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = make_ca("network CA");
+    let closed = closed_node(&ca, dir.path());
+    let outsider = tls_node(Duration::from_secs(2));
+    let before = failed(&closed);
+    let r = outsider.connect_to_peer(closed.addr());
+    eprintln!("outsider's dial: {r:?}");
+    assert!(r.is_err(), "the outsider got in: {r:?}");
+    assert!(eventually(DEADLINE, || failed(&closed) > before));
+    assert!(!closed.is_linked_to(&outsider) && !outsider.is_linked_to(&closed));
+    // And the other way: the closed node dialling the outsider refuses its certificate.
+    match closed.connect_to_peer(outsider.addr()) {
+        Err(Error::Handshake {
+            reason: HandshakeError::Tls(_),
+            ..
+        }) => {}
+        other => panic!("closed node dialling an outsider: {other:?}"),
+    }
+    let member = closed_node(&ca, dir.path());
+    link(&member, &closed);
+    assert!(closed.peers().len() == 1);
+}
