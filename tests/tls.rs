@@ -1394,3 +1394,71 @@ fn open_node_dialling_a_closed_network_is_refused() {
     link(&member, &closed);
     assert!(closed.peers().len() == 1);
 }
+
+/// A LEAVE sent over TLS arrives before the link closes: `remove_peer` and `stop` at
+/// one end are seen as `Left` at the other (not as a cut or a read failure), also
+/// right after a burst of traffic that went out partly by direct sends.
+#[test]
+fn leave_over_tls_arrives_before_the_close() {
+    for how in ["remove_peer", "stop"] {
+        let a = start_node(|c| c.auto_dial = false);
+        let b = start_node(|c| c.auto_dial = false);
+        link(&a, &b);
+        for i in 0..200 {
+            b.send_data_to_peer(a.addr(), &format!("before leave {i}"))
+                .unwrap();
+        }
+        match how {
+            "remove_peer" => assert!(b.remove_peer(a.addr())),
+            _ => b.stop(),
+        }
+        let down = a
+            .wait_for(|e| is_peer_down(e, b.id()))
+            .unwrap_or_else(|| panic!("{how}: no PeerDown at a"));
+        assert_eq!(
+            down_reason(&down),
+            p2p_overlay::DownReason::Left.to_string(),
+            "{how}"
+        );
+        let got = a
+            .history()
+            .iter()
+            .filter(|e| matches!(e, Event::Message { .. }))
+            .count();
+        assert_eq!(got, 200, "{how}: messages lost before the LEAVE");
+    }
+}
+
+/// An authenticated peer that then sends a forged TLS record (bad MAC), or a record
+/// longer than TLS allows, loses its link; the node stays up and serves others.
+#[test]
+fn forged_record_after_handshake_drops_only_that_link() {
+    let node = tls_node(Duration::from_secs(2));
+    let spare = TcpListener::bind((localhost(), 0)).unwrap();
+    let port = spare.local_addr().unwrap().port();
+    let mut rng = XorShift::new(0x7e57_0003);
+    let mut forged = vec![0x17, 0x03, 0x03, 0x00, 0x40];
+    forged.extend(rng.bytes(0x40));
+    let mut oversized = vec![0x17, 0x03, 0x03, 0x48, 0x01];
+    oversized.extend(rng.bytes(0x4801));
+    for (what, record) in [("forged", forged), ("oversized", oversized)] {
+        let cred = self_signed();
+        let mut s = tls_join(node.addr(), &cred, cred.id, port);
+        assert!(
+            node.wait_for(|e| is_peer_up(e, cred.id)).is_some(),
+            "{what}: the peer should come up first"
+        );
+        // Straight onto the socket, under the TLS layer.
+        let _ = s.sock.write_all(&record);
+        let down = node
+            .wait_for(|e| is_peer_down(e, cred.id))
+            .unwrap_or_else(|| panic!("{what}: link not dropped"));
+        eprintln!("{what}: {}", down_reason(&down));
+        assert!(
+            tls_ends_within(&mut s, DEADLINE),
+            "{what}: socket kept open"
+        );
+        assert!(node.is_running());
+    }
+    keeps_serving(&node);
+}
