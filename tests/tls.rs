@@ -1462,3 +1462,56 @@ fn forged_record_after_handshake_drops_only_that_link() {
     }
     keeps_serving(&node);
 }
+
+/// `stop` returns promptly at both ends of a TLS link jammed by bulk traffic: the
+/// receiver's application does not read its events, so its reader waits, TCP fills,
+/// and the sender's writer blocks inside a send holding the session's ciphertext
+/// lock. The blocked sender thread gets an error instead of hanging.
+#[test]
+fn stop_during_jammed_bulk_transfer_returns_promptly() {
+    let _dog = watchdog("stop_during_jammed_bulk_transfer", WATCHDOG);
+    let a = start_node(|c| c.auto_dial = false);
+    let b = start_node(|c| {
+        c.auto_dial = false;
+        c.max_pending_events = 16;
+    });
+    link(&a, &b);
+    let sent = Arc::new(AtomicUsize::new(0));
+    let sender = {
+        let node = Arc::clone(&a.node);
+        let to = b.addr();
+        let sent = Arc::clone(&sent);
+        thread::spawn(move || {
+            let text = "z".repeat(CHUNK);
+            while node.send_data_to_peer(to, &text).is_ok() {
+                sent.fetch_add(1, Ordering::Relaxed);
+                if sent.load(Ordering::Relaxed) > 100_000 {
+                    break;
+                }
+            }
+        })
+    };
+    // Jammed: the sender stops making progress.
+    let mut last = 0;
+    assert!(
+        eventually(DEADLINE, || {
+            thread::sleep(Duration::from_millis(200));
+            let now = sent.load(Ordering::Relaxed);
+            let stuck = now > 0 && now == last;
+            last = now;
+            stuck
+        }),
+        "the link never jammed"
+    );
+    for (name, n) in [("sender", &a), ("receiver", &b)] {
+        let started = Instant::now();
+        n.stop();
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(5), "{name}'s stop took {took:?}");
+    }
+    let started = Instant::now();
+    while !sender.is_finished() && started.elapsed() < DEADLINE {
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert!(sender.is_finished(), "the blocked sender never returned");
+}
