@@ -349,19 +349,36 @@ fn refuses_client_without_certificate() {
 }
 
 fn closed_node(ca: &CertifiedIssuer<'static, KeyPair>, dir: &std::path::Path) -> TestNode {
+    closed_node_with(ca, &[], ca.der(), dir)
+}
+
+fn pem_cert(der: &[u8]) -> String {
+    format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        base64(der)
+    )
+}
+
+/// A closed-network node whose certificate `issuer` issued, presented with
+/// `intermediates` after it; it trusts `anchor` (the network's root CA).
+fn closed_node_with(
+    issuer: &CertifiedIssuer<'static, KeyPair>,
+    intermediates: &[CertificateDer<'static>],
+    anchor: &CertificateDer<'static>,
+    dir: &std::path::Path,
+) -> TestNode {
     let key = ed25519_key();
     let identity = Identity::from_pkcs8_der(&key.serialize_der()).expect("identity");
     let path = dir.join(format!("{}.pem", identity.node_id()));
-    let cert = issued(&key, ca);
-    let pem = format!(
-        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-        base64(cert.as_ref())
-    );
+    let mut pem = pem_cert(issued(&key, issuer).as_ref());
+    for c in intermediates {
+        pem.push_str(&pem_cert(c.as_ref()));
+    }
     std::fs::write(&path, pem).expect("write certificate");
     let identity = identity
         .with_certificate_file(&path)
         .expect("certificate for the key");
-    let anchor = NetworkCa::from_der(vec![ca.der().to_vec()]);
+    let anchor = NetworkCa::from_der(vec![anchor.to_vec()]);
     start_node(move |c| {
         c.handshake_timeout = Duration::from_secs(2);
         c.auto_dial = false;
@@ -1514,4 +1531,46 @@ fn stop_during_jammed_bulk_transfer_returns_promptly() {
         thread::sleep(Duration::from_millis(10));
     }
     assert!(sender.is_finished(), "the blocked sender never returned");
+}
+
+/// (2d) A closed network whose members are issued by an intermediate CA: each member
+/// presents its certificate and the intermediate, the nodes trust only the root, and
+/// they link. A member presenting its certificate without the intermediate is refused.
+#[test]
+fn closed_network_with_an_intermediate_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = make_ca("root CA");
+    let mut p = params("intermediate CA");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let inter = CertifiedIssuer::signed_by(p, ed25519_key(), &root).expect("intermediate");
+    let chain = [inter.der().clone()];
+    let a = closed_node_with(&inter, &chain, root.der(), dir.path());
+    let b = closed_node_with(&inter, &chain, root.der(), dir.path());
+    link(&a, &b);
+    let lone = closed_node_with(&inter, &[], root.der(), dir.path());
+    let before = failed(&a);
+    assert!(lone.connect_to_peer(a.addr()).is_err());
+    assert!(eventually(DEADLINE, || failed(&a) > before || failed(&lone) > 0));
+    assert!(!a.is_linked_to(&lone));
+}
+
+/// A TLS node dialling its own address meets its own certificate and id: the dial
+/// fails as a self-dial, not as a failed handshake.
+#[test]
+fn self_dial_over_tls_is_recognised() {
+    let node = tls_node(Duration::from_secs(2));
+    let before = failed(&node);
+    match node.connect_to_peer(node.addr()) {
+        Err(Error::SelfDial(_)) => {}
+        other => panic!("expected SelfDial, got {other:?}"),
+    }
+    assert!(node.peers().is_empty());
+    // Neither end (the dial, the accepted connection) counts it as a failure.
+    assert!(eventually(DEADLINE, || node.info().connections == 0));
+    assert_eq!(
+        failed(&node),
+        before,
+        "a self-dial counted as a failed handshake"
+    );
+    keeps_serving(&node);
 }
