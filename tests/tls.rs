@@ -1611,3 +1611,28 @@ fn self_dial_over_tls_is_recognised() {
     );
     keeps_serving(&node);
 }
+
+/// The id a node is known by is the one its certificate proves, computed here from
+/// the spec independently of the library: the first 8 bytes, big-endian, of SHA-256
+/// over the certificate's SubjectPublicKeyInfo (an Ed25519 key).
+#[test]
+fn node_id_is_the_hash_of_the_presented_key() {
+    let node = tls_node(Duration::from_secs(2));
+    let (s, r) = tls_connect(node.addr(), Some(&self_signed()));
+    r.expect("TLS completes");
+    let cert = s.conn.peer_certificates().expect("server certificate")[0].clone();
+    // SubjectPublicKeyInfo of an Ed25519 key: the 12-byte prefix, then the 32 key
+    // bytes; it sits verbatim in the certificate.
+    let prefix = p2p_overlay::identity::ED25519_SPKI_PREFIX;
+    let at = cert
+        .as_ref()
+        .windows(prefix.len())
+        .position(|w| w == prefix)
+        .expect("an Ed25519 SPKI in the certificate");
+    let spki = &cert.as_ref()[at..at + prefix.len() + 32];
+    let digest = ring::digest::digest(&ring::digest::SHA256, spki);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    assert_eq!(NodeId(u64::from_be_bytes(first)), node.id());
+    assert_eq!(node_id_from_spki(spki), Some(node.id()));
+}
