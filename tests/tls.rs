@@ -1636,3 +1636,48 @@ fn node_id_is_the_hash_of_the_presented_key() {
     assert_eq!(NodeId(u64::from_be_bytes(first)), node.id());
     assert_eq!(node_id_from_spki(spki), Some(node.id()));
 }
+
+/// Two TLS nodes dialling each other at the same moment (TLS makes the handshakes,
+/// and so the race window, longer) end with one link, listed by both, that stays up.
+#[test]
+fn simultaneous_tls_dials_settle_on_one_link() {
+    let _dog = watchdog("simultaneous_tls_dials", WATCHDOG);
+    for round in 0..6 {
+        let a = start_node(|c| c.auto_dial = false);
+        let b = start_node(|c| c.auto_dial = false);
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let dial = |from: &TestNode, to: SocketAddr| {
+            let node = Arc::clone(&from.node);
+            let barrier = Arc::clone(&barrier);
+            thread::spawn(move || {
+                barrier.wait();
+                node.connect_to_peer(to)
+            })
+        };
+        let da = dial(&a, b.addr());
+        let db = dial(&b, a.addr());
+        let (ra, rb) = (da.join().unwrap(), db.join().unwrap());
+        assert!(
+            ra.is_ok() || rb.is_ok(),
+            "round {round}: both dials failed: {ra:?} / {rb:?}"
+        );
+        assert!(
+            eventually(DEADLINE, || a.is_linked_to(&b) && b.is_linked_to(&a)),
+            "round {round}: no link listed by both ({ra:?} / {rb:?})"
+        );
+        assert_eq!(a.peers().len(), 1, "round {round}");
+        assert_eq!(b.peers().len(), 1, "round {round}");
+        // Settled: whatever duplicate lost is gone, and the link that won stays.
+        let _ = a.events_within(QUIET);
+        let _ = b.pending_events();
+        let later = a.events_within(Duration::from_millis(300));
+        assert!(
+            a.is_linked_to(&b) && b.is_linked_to(&a),
+            "round {round}: the link went away: {later:?}"
+        );
+        assert!(
+            !later.iter().any(|e| is_peer_down(e, b.id())),
+            "round {round}: flapping: {later:?}"
+        );
+    }
+}
