@@ -1681,3 +1681,32 @@ fn simultaneous_tls_dials_settle_on_one_link() {
         );
     }
 }
+
+/// (10b) 19 TLS nodes dial one seed at the same moment (19 TLS handshakes in
+/// parallel on the seed, under its pending-handshake cap of 32): every dial succeeds.
+#[test]
+fn nineteen_simultaneous_tls_joins_to_one_seed() {
+    let _dog = watchdog("nineteen_simultaneous_tls_joins", WATCHDOG);
+    let seed = start_node(|c| c.auto_dial = false);
+    let nodes = start_nodes(19, |c| c.auto_dial = false);
+    let barrier = Arc::new(std::sync::Barrier::new(nodes.len()));
+    let dials: Vec<_> = nodes
+        .iter()
+        .map(|n| {
+            let node = Arc::clone(&n.node);
+            let barrier = Arc::clone(&barrier);
+            let to = seed.addr();
+            thread::spawn(move || {
+                barrier.wait();
+                node.connect_to_peer(to)
+            })
+        })
+        .collect();
+    for (i, d) in dials.into_iter().enumerate() {
+        let r = d.join().unwrap();
+        assert!(r.is_ok(), "node {i}: {r:?}");
+    }
+    assert!(eventually(DEADLINE, || seed.peers().len() == 19));
+    assert!(nodes.iter().all(|n| n.is_linked_to(&seed)));
+    assert_eq!(failed(&seed), 0);
+}
