@@ -243,6 +243,27 @@ fn client_hello() -> Vec<u8> {
     out
 }
 
+/// Accepts one connection within `timeout` (a test's listener never blocks forever
+/// when the node does not dial after all). The stream gets read and write timeouts.
+fn accept_within(listener: &TcpListener, timeout: Duration) -> Option<TcpStream> {
+    listener.set_nonblocking(true).expect("nonblocking");
+    let deadline = Instant::now() + timeout;
+    loop {
+        match listener.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).expect("blocking");
+                s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+                s.set_write_timeout(Some(DEADLINE)).expect("timeout");
+                return Some(s);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(5));
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
 fn join_frame(id: NodeId, listen_port: u16) -> Vec<u8> {
     P2PMessage::Join(Join {
         version: PROTOCOL_VERSION,
@@ -549,9 +570,7 @@ fn dial_to_mitm_claiming_victim_id_is_refused() {
     let victim_id = victim.id();
     let port = mitm_addr.port();
     let mitm = thread::spawn(move || {
-        let (sock, _) = listener.accept().expect("the node dials");
-        sock.set_read_timeout(Some(DEADLINE)).unwrap();
-        sock.set_write_timeout(Some(DEADLINE)).unwrap();
+        let sock = accept_within(&listener, DEADLINE).expect("the node dials");
         let conn = ServerConnection::new(config).unwrap();
         let mut s = StreamOwned::new(conn, sock);
         while s.conn.is_handshaking() {
@@ -1202,11 +1221,9 @@ fn one_shot_server(cred: Cred) -> (SocketAddr, thread::JoinHandle<bool>) {
     let addr = listener.local_addr().unwrap();
     let config = server_config(&cred);
     let h = thread::spawn(move || {
-        let Ok((sock, _)) = listener.accept() else {
+        let Some(sock) = accept_within(&listener, DEADLINE) else {
             return false;
         };
-        sock.set_read_timeout(Some(DEADLINE)).unwrap();
-        sock.set_write_timeout(Some(DEADLINE)).unwrap();
         let mut s = StreamOwned::new(ServerConnection::new(config).unwrap(), sock);
         while s.conn.is_handshaking() {
             if s.conn.complete_io(&mut s.sock).is_err() {
