@@ -1006,7 +1006,9 @@ fn heartbeats_flow_during_bulk_transfer() {
             .and_then(|p| p.rtt)
     };
     let mut rtts = std::collections::HashSet::new();
+    let deadline = Instant::now() + SEND_FOR + Duration::from_secs(60);
     while !sender.is_finished() {
+        assert!(Instant::now() < deadline, "the sender is stuck");
         if let Some(r) = rtt_of(&a, &b) {
             rtts.insert(r);
         }
