@@ -181,6 +181,9 @@ pub enum HandshakeError {
     },
     /// The TLS session could not be set up on our side.
     TlsSetup(String),
+    /// The connection was a dial-back PROBE (its first frame), answered by the JOIN
+    /// we sent: a check of our id at our listen address, not a failure.
+    Probed,
 }
 
 impl fmt::Display for HandshakeError {
@@ -231,6 +234,7 @@ impl fmt::Display for HandshakeError {
                 "JOIN claims node id {claimed} but the certificate proves {proven}"
             ),
             HandshakeError::TlsSetup(e) => write!(f, "cannot set up TLS: {e}"),
+            HandshakeError::Probed => f.write_str("dial-back probe answered"),
         }
     }
 }

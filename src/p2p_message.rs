@@ -137,6 +137,8 @@ pub enum MessageType {
     Graft,
     /// Asks the receiver to stop sending one origin's broadcasts eagerly on this link.
     Prune,
+    /// Dial-back check, first frame of a probe connection instead of JOIN.
+    Probe,
     /// Any other byte.
     Unknown(u8),
 }
@@ -154,6 +156,7 @@ impl From<u8> for MessageType {
             7 => MessageType::IHave,
             8 => MessageType::Graft,
             9 => MessageType::Prune,
+            10 => MessageType::Probe,
             other => MessageType::Unknown(other),
         }
     }
@@ -172,6 +175,7 @@ impl From<MessageType> for u8 {
             MessageType::IHave => 7,
             MessageType::Graft => 8,
             MessageType::Prune => 9,
+            MessageType::Probe => 10,
             MessageType::Unknown(b) => b,
         }
     }
@@ -269,6 +273,12 @@ pub enum P2PMessage {
         /// The origin whose broadcasts are to be announced only.
         origin: NodeId,
     },
+    /// Sent instead of JOIN as the first frame of a dial-back check: a node that got
+    /// a JOIN claiming a listen address dials that address to learn whether the node
+    /// listening there holds the claimed id. The probed node sends its JOIN first (as
+    /// on every connection), which is the answer, and closes when it reads PROBE.
+    /// Empty body.
+    Probe,
 }
 
 /// Every way a frame can be wrong. The `Display` text names the number involved, because
@@ -471,6 +481,7 @@ impl P2PMessage {
             P2PMessage::IHave { .. } => MessageType::IHave,
             P2PMessage::Graft { .. } => MessageType::Graft,
             P2PMessage::Prune { .. } => MessageType::Prune,
+            P2PMessage::Probe => MessageType::Probe,
         }
     }
 
@@ -534,7 +545,7 @@ impl P2PMessage {
             P2PMessage::Prune { origin } => {
                 let _ = buf.write_u64::<BigEndian>(origin.0);
             }
-            P2PMessage::Leave => {}
+            P2PMessage::Leave | P2PMessage::Probe => {}
         }
         let len = (buf.len() - start - LEN_PREFIX) as u32;
         BigEndian::write_u32(&mut buf[start..start + LEN_PREFIX], len);
@@ -573,7 +584,7 @@ impl P2PMessage {
             P2PMessage::IHave { ids } => 2 + 17 * ids.len().min(MAX_IDS_PER_MESSAGE),
             P2PMessage::Graft { ids } => 2 + 16 * ids.len().min(MAX_IDS_PER_MESSAGE),
             P2PMessage::Prune { .. } => 8,
-            P2PMessage::Leave => 0,
+            P2PMessage::Leave | P2PMessage::Probe => 0,
         };
         LEN_PREFIX + 1 + body
     }
@@ -649,6 +660,7 @@ impl P2PMessage {
                 })
             }
             MessageType::Leave => P2PMessage::Leave,
+            MessageType::Probe => P2PMessage::Probe,
             MessageType::IHave => {
                 let n = id_count(&mut b, 17)?;
                 let mut ids = Vec::with_capacity(n);
@@ -883,6 +895,7 @@ mod tests {
             P2PMessage::Prune {
                 origin: NodeId(0xABCD),
             },
+            P2PMessage::Probe,
         ]
     }
 
@@ -926,7 +939,8 @@ mod tests {
         for b in 0..=255u8 {
             assert_eq!(u8::from(MessageType::from(b)), b);
         }
-        assert_eq!(MessageType::from(10), MessageType::Unknown(10));
+        assert_eq!(MessageType::from(10), MessageType::Probe);
+        assert_eq!(MessageType::from(11), MessageType::Unknown(11));
     }
 
     #[test]
@@ -997,6 +1011,7 @@ mod tests {
             [0, 0, 0, 9, 2, 0, 0, 0, 0, 0, 0, 1, 2]
         );
         assert_eq!(P2PMessage::Leave.encode(), [0, 0, 0, 1, 6]);
+        assert_eq!(P2PMessage::Probe.encode(), [0, 0, 0, 1, 10]);
     }
 
     #[test]

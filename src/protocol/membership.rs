@@ -15,6 +15,7 @@
 //! Locks: `book` (the address book) and `observed` (votes on our own IP), each taken
 //! alone, except when an adopted IP changes: then `observed`, then `book`.
 
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +41,44 @@ const PEERS_PER_EXCHANGE: usize = 128;
 /// disconnected): it is going away on purpose. A node that restarts dials us itself.
 const LEAVE_REDIAL_DELAY: Duration = Duration::from_secs(60);
 
+/// Most (address, id) pairs [`VerifiedAddrs`] keeps.
+const MAX_VERIFIED: usize = 1024;
+
+/// Listen addresses proven to reach a node id: by an outbound link (we dialled the
+/// address) or by a successful dial-back probe. An inbound JOIN claiming an address
+/// found here with the same id needs no probe. One id per address (the last proven:
+/// a node that restarts with a new key replaces its entry); at most
+/// [`MAX_VERIFIED`], the oldest recorded goes first.
+#[derive(Default)]
+struct VerifiedAddrs {
+    by_addr: HashMap<SocketAddr, NodeId>,
+    /// Recording order, oldest first; may name addresses re-recorded since (skipped
+    /// when they come up for removal).
+    order: VecDeque<(SocketAddr, NodeId)>,
+}
+
+impl VerifiedAddrs {
+    fn contains(&self, id: NodeId, addr: &SocketAddr) -> bool {
+        self.by_addr.get(addr) == Some(&id)
+    }
+
+    fn record(&mut self, id: NodeId, addr: SocketAddr) {
+        if self.contains(id, &addr) {
+            return;
+        }
+        self.by_addr.insert(addr, id);
+        self.order.push_back((addr, id));
+        while self.by_addr.len() > MAX_VERIFIED || self.order.len() > 2 * MAX_VERIFIED {
+            let Some((a, i)) = self.order.pop_front() else {
+                break;
+            };
+            if self.by_addr.get(&a) == Some(&i) {
+                self.by_addr.remove(&a);
+            }
+        }
+    }
+}
+
 /// A JOIN that meets the rules of [`Membership::check_join`].
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum JoinCheck {
@@ -59,6 +98,8 @@ pub(crate) struct Membership {
     fixed_own: Vec<SocketAddr>,
     book: Mutex<AddrBook>,
     observed: Mutex<ObservedVotes>,
+    /// Proven (address, id) pairs; taken alone, never with another lock.
+    verified: Mutex<VerifiedAddrs>,
     /// A PEERS message brought new addresses: the maintenance thread dials at once.
     dial_wanted: AtomicBool,
 }
@@ -84,6 +125,7 @@ impl Membership {
             fixed_own,
             book: Mutex::new(book),
             observed: Mutex::new(ObservedVotes::default()),
+            verified: Mutex::new(VerifiedAddrs::default()),
             dial_wanted: AtomicBool::new(false),
         }
     }
@@ -149,12 +191,23 @@ impl Membership {
         SocketAddr::new(ip, self.local_addr.port())
     }
 
+    /// Whether `addr` was proven to reach node `id` (see [`VerifiedAddrs`]).
+    pub(crate) fn is_verified(&self, id: NodeId, addr: &SocketAddr) -> bool {
+        self.verified.lock().contains(id, addr)
+    }
+
+    /// `addr` was proven to reach node `id`: we dialled it and got that id, or a
+    /// dial-back probe found that id there.
+    pub(crate) fn record_verified(&self, id: NodeId, addr: SocketAddr) {
+        self.verified.lock().record(id, addr);
+    }
+
     /// Whether `addr` reaches this node itself.
     pub(crate) fn is_own(&self, addr: &SocketAddr) -> bool {
         *addr == self.local_addr || self.book.lock().is_own(addr)
     }
 
-    /// A link was registered: its address proved good, and its JOIN's view of our IP
+    /// A link was registered: its address (when verified) proved good, and its JOIN's view of our IP
     /// is its vote. Runs before `PeerUp` is reported, so an application reacting to
     /// `PeerUp` (say, `forget_addr`) sees the address book already updated.
     pub(crate) fn link_registered(
@@ -164,7 +217,10 @@ impl Membership {
         source: IpAddr,
         observed: Option<IpAddr>,
     ) {
-        self.book.lock().mark_success(link.addr(), Instant::now());
+        // An unverified link's address is its socket's: nothing to dial or store.
+        if link.verified() {
+            self.book.lock().mark_success(link.addr(), Instant::now());
+        }
         if let Some(ip) = observed {
             self.observe(links, link.conn_id(), source, ip);
         }
