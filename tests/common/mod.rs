@@ -11,6 +11,7 @@
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -233,9 +234,74 @@ pub fn down_reason(ev: &Event) -> String {
 pub struct RawPeer {
     pub id: NodeId,
     pub stream: TcpStream,
-    /// Held open so the listen port announced in our JOIN belongs to us. It never
-    /// accepts: a node that dials it back just waits for a JOIN that never comes.
+    /// Held open so the listen port announced in our JOIN belongs to us. It answers
+    /// only dial-back probes (see [`ProbeAnswerer`]): a node that dials it for a link
+    /// just waits for a JOIN that never comes.
     listener: TcpListener,
+    answerer: ProbeAnswerer,
+}
+
+/// Answers the dial-back PROBE a plaintext node sends to the listen address a JOIN
+/// claims, with a JOIN of the raw peer's current id, so raw peers are verified like
+/// real nodes. Any other first frame (a real dial's JOIN, a TLS ClientHello) gets
+/// nothing: that connection is held open, silent, until the peer is dropped.
+struct ProbeAnswerer {
+    /// The id the answer carries: the raw peer's, kept current by `join_msg`.
+    id: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl ProbeAnswerer {
+    fn start(listener: &TcpListener, id: NodeId) -> io::Result<ProbeAnswerer> {
+        let listener = listener.try_clone()?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let id = Arc::new(AtomicU64::new(id.0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = thread::spawn({
+            let (id, stop) = (Arc::clone(&id), Arc::clone(&stop));
+            move || {
+                let mut held = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((mut s, _)) = listener.accept() else {
+                        thread::sleep(Duration::from_millis(5));
+                        continue;
+                    };
+                    let _ = s.set_nonblocking(false);
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                    match read_frame(&mut s, DEFAULT_MAX_FRAME) {
+                        Ok(Some(f)) if f == [10] => {
+                            let join = P2PMessage::Join(Join {
+                                version: PROTOCOL_VERSION,
+                                node_id: NodeId(id.load(Ordering::Relaxed)),
+                                listen_port: port,
+                                network: default_network(),
+                                advertise: None,
+                                observed: None,
+                            });
+                            let _ = s.write_all(&join.encode());
+                        }
+                        _ => held.push(s),
+                    }
+                }
+            }
+        });
+        Ok(ProbeAnswerer {
+            id,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for ProbeAnswerer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl RawPeer {
@@ -249,10 +315,14 @@ impl RawPeer {
         let stream = TcpStream::connect_timeout(&addr, DEADLINE)?;
         stream.set_read_timeout(Some(DEADLINE))?;
         stream.set_write_timeout(Some(DEADLINE))?;
+        let id = NodeId::random();
+        let listener = TcpListener::bind((localhost(), 0))?;
+        let answerer = ProbeAnswerer::start(&listener, id)?;
         Ok(RawPeer {
-            id: NodeId::random(),
+            id,
             stream,
-            listener: TcpListener::bind((localhost(), 0))?,
+            listener,
+            answerer,
         })
     }
 
@@ -280,6 +350,7 @@ impl RawPeer {
 
     /// A valid JOIN for `network` with our id and listen port.
     pub fn join_msg(&self, network: &str) -> P2PMessage {
+        self.answerer.id.store(self.id.0, Ordering::Relaxed);
         P2PMessage::Join(Join {
             version: PROTOCOL_VERSION,
             node_id: self.id,
@@ -372,6 +443,7 @@ impl RawPeer {
     pub fn join_with(addr: SocketAddr, join: Join) -> (RawPeer, Join) {
         let mut peer = RawPeer::connect(addr);
         peer.id = join.node_id;
+        peer.answerer.id.store(join.node_id.0, Ordering::Relaxed);
         peer.send(&P2PMessage::Join(join));
         match peer.recv() {
             Some(P2PMessage::Join(j)) => (peer, j),
@@ -382,7 +454,14 @@ impl RawPeer {
     /// Splits the peer into its connection and its listener, e.g. to free the listen
     /// port (drop the listener) while the link stays open.
     pub fn into_parts(self) -> (TcpStream, TcpListener) {
-        (self.stream, self.listener)
+        let RawPeer {
+            stream,
+            listener,
+            answerer,
+            ..
+        } = self;
+        drop(answerer);
+        (stream, listener)
     }
 
     /// Sends a PING and reads frames until the matching PONG: proof that the node
@@ -418,10 +497,14 @@ impl RawPeer {
         let stream = TcpStream::from(socket);
         stream.set_read_timeout(Some(DEADLINE))?;
         stream.set_write_timeout(Some(DEADLINE))?;
+        let id = NodeId::random();
+        let listener = TcpListener::bind((src, 0))?;
+        let answerer = ProbeAnswerer::start(&listener, id)?;
         Ok(RawPeer {
-            id: NodeId::random(),
+            id,
             stream,
-            listener: TcpListener::bind((src, 0))?,
+            listener,
+            answerer,
         })
     }
 }
