@@ -135,12 +135,10 @@ impl PeerConnection {
     /// Runs the connection to its end (the C++ `PeerConnection::run`). Always
     /// unregisters the stream and joins the writer before returning.
     pub(crate) fn run(mut self) {
-        let handshake = self
-            .handshake()
-            .map(|(join, deadline)| {
-                let (addr, verified) = self.listen_addr(&join, deadline);
-                (join, addr, verified)
-            });
+        let handshake = self.handshake().map(|(join, deadline)| {
+            let (addr, verified) = self.listen_addr(&join, deadline);
+            (join, addr, verified)
+        });
         self.pending = None;
         let links = &self.shared.links;
         match handshake {
@@ -522,7 +520,12 @@ impl PeerConnection {
 /// timeout). The connection is registered with `Links` while it runs, so a stopping
 /// node closes it, and holds no connection slot: it lives inside the handshake of
 /// the connection that asked for it. Runs on that connection's thread, no lock held.
-fn probe(shared: &Shared, addr: SocketAddr, expect: NodeId, deadline: Instant) -> Result<(), String> {
+fn probe(
+    shared: &Shared,
+    addr: SocketAddr,
+    expect: NodeId,
+    deadline: Instant,
+) -> Result<(), String> {
     let links = &shared.links;
     let left = deadline.saturating_duration_since(Instant::now());
     let timeout = links.config().connect_timeout.min(left);
@@ -548,15 +551,13 @@ fn probe_on(
     stream.set_nodelay();
     if let Some(tls) = &shared.tls {
         let session = tls.client(addr.ip(), Some(expect))?;
-        stream
-            .start_tls(session, deadline)
-            .map_err(|f| match f {
-                HandshakeFailure::Timeout => "TLS handshake timed out".to_string(),
-                HandshakeFailure::Closed => "closed during the TLS handshake".to_string(),
-                HandshakeFailure::NotTls => "the node there speaks plaintext".to_string(),
-                HandshakeFailure::Io(e) => format!("TLS handshake: {e}"),
-                HandshakeFailure::Tls(e) => format!("TLS: {e}"),
-            })?;
+        stream.start_tls(session, deadline).map_err(|f| match f {
+            HandshakeFailure::Timeout => "TLS handshake timed out".to_string(),
+            HandshakeFailure::Closed => "closed during the TLS handshake".to_string(),
+            HandshakeFailure::NotTls => "the node there speaks plaintext".to_string(),
+            HandshakeFailure::Io(e) => format!("TLS handshake: {e}"),
+            HandshakeFailure::Tls(e) => format!("TLS: {e}"),
+        })?;
     }
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {

@@ -87,7 +87,7 @@ fn known_of(node: &TestNode, set: &HashSet<SocketAddr>) -> usize {
 #[test]
 fn a_flood_of_bogus_addresses_costs_a_bounded_number_of_dials() {
     let _watchdog = watchdog("a_flood_of_bogus_addresses", WATCHDOG);
-    let node = start_node(|_| {});
+    let node = start_node(plain);
     let mut liar = join_from(localhost(), &node);
     let lies = bogus(1, 20_000);
     let lie_set: HashSet<SocketAddr> = lies.iter().copied().collect();
@@ -121,7 +121,10 @@ fn a_flood_of_bogus_addresses_costs_a_bounded_number_of_dials() {
         "ignored addresses are counted: {ignored:?}"
     );
     // The node still serves an honest peer.
-    let other = start_node(|c| c.auto_dial = false);
+    let other = start_node(|c| {
+        plain(c);
+        c.auto_dial = false;
+    });
     link(&other, &node);
     eprintln!("flood: {worst} failed dials in the window, {most_known} kept");
 }
@@ -133,12 +136,16 @@ fn a_flood_of_bogus_addresses_costs_a_bounded_number_of_dials() {
 fn a_flood_of_new_addresses_does_not_evict_tried_ones() {
     let _watchdog = watchdog("a_flood_does_not_evict_tried", WATCHDOG);
     let node = start_node(|c| {
+        plain(c);
         c.auto_dial = false;
         c.max_known_addrs = 40;
     });
     let tried: Vec<SocketAddr> = (0..3)
         .map(|_| {
-            let t = start_node(|c| c.auto_dial = false);
+            let t = start_node(|c| {
+                plain(c);
+                c.auto_dial = false;
+            });
             link(&node, &t);
             let addr = t.addr();
             t.stop();
@@ -193,8 +200,11 @@ fn a_flood_of_new_addresses_does_not_evict_tried_ones() {
 #[test]
 fn one_flooding_source_cannot_take_every_dial() {
     let _watchdog = watchdog("one_flooding_source", WATCHDOG);
-    let node = start_node(|_| {});
-    let good = start_node(|c| c.auto_dial = false);
+    let node = start_node(plain);
+    let good = start_node(|c| {
+        plain(c);
+        c.auto_dial = false;
+    });
     let a = join_from(localhost(), &node);
     let mut a_stream = a.stream.try_clone().expect("clone the flooder's stream");
     let stop = Arc::new(AtomicBool::new(false));

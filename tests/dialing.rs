@@ -118,7 +118,10 @@ fn connect_from_threads(
 #[test]
 fn concurrent_connects_to_one_address_share_one_dial() {
     let peer = SlowPeer::start(false);
-    let a = start_node(|c| c.auto_dial = false);
+    let a = start_node(|c| {
+        plain(c);
+        c.auto_dial = false;
+    });
     let results = connect_from_threads(&a.node, peer.addr, 4);
     for r in &results {
         match r {
@@ -136,6 +139,7 @@ fn callers_waiting_for_a_failed_dial_get_its_failure_not_a_hang() {
     // Waiters that were not woken when the dial ended would wait out these (far past
     // the test's deadline) instead of returning with the dial.
     let a = start_node(|c| {
+        plain(c);
         c.auto_dial = false;
         c.connect_timeout = Duration::from_secs(60);
         c.handshake_timeout = Duration::from_secs(60);

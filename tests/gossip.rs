@@ -41,7 +41,10 @@ fn next_peers(raw: &mut RawPeer) -> HashSet<SocketAddr> {
 #[test]
 fn heard_of_addresses_are_not_gossiped_on() {
     // No auto-dial: the bogus addresses stay "heard of", never tried, never failed.
-    let a = start_node(|c| c.auto_dial = false);
+    let a = start_node(|c| {
+        plain(c);
+        c.auto_dial = false;
+    });
     let (mut liar, _) = RawPeer::join(a.addr(), &default_network());
     assert!(wait_for_event(&a.events, DEADLINE, |e| is_peer_up(e, liar.id)).is_some());
     let lies = bogus();
@@ -73,6 +76,7 @@ fn heard_of_addresses_are_not_gossiped_on() {
 #[test]
 fn referrals_at_the_link_cap_hand_out_no_heard_of_addresses() {
     let a = start_node(|c| {
+        plain(c);
         c.auto_dial = false;
         c.target_links = 1;
         c.max_links = 1;

@@ -56,8 +56,8 @@ fn node_refuses_to_dial_itself() {
 
 #[test]
 fn gossip_about_its_own_address_never_links_a_node_to_itself() {
-    let a = start_node(|_| {});
-    let b = start_node(|_| {});
+    let a = start_node(plain);
+    let b = start_node(plain);
 
     // A raw peer tells B about A, and about B itself under two names.
     let (mut gossip, _) = RawPeer::join(b.addr(), &default_network());
@@ -99,7 +99,10 @@ fn gossip_about_its_own_address_never_links_a_node_to_itself() {
 #[test]
 fn data_before_join_is_refused() {
     // A long handshake timeout: only the protocol violation can explain the close.
-    let a = start_node(|c| c.handshake_timeout = Duration::from_secs(30));
+    let a = start_node(|c| {
+        plain(c);
+        c.handshake_timeout = Duration::from_secs(30);
+    });
 
     let mut raw = RawPeer::connect(a.addr());
     raw.send(&P2PMessage::Data {

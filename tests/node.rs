@@ -427,7 +427,10 @@ fn full_node_refers_joiners_elsewhere() {
 #[test]
 fn peer_up_comes_after_the_address_book_recorded_the_link() {
     for _ in 0..20 {
-        let a = start_node(|c| c.auto_dial = false);
+        let a = start_node(|c| {
+            plain(c);
+            c.auto_dial = false;
+        });
         let (raw, _) = RawPeer::join(a.addr(), &default_network());
         let up = wait_for_event(&a.events, DEADLINE, |e| is_peer_up(e, raw.id));
         assert!(up.is_some(), "no PeerUp for the raw peer");

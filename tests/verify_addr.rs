@@ -11,10 +11,6 @@ use common::*;
 use p2p_overlay::p2p_message::{Join, PROTOCOL_VERSION};
 use p2p_overlay::{Encryption, Event, NodeId, P2PMessage, PeerInfo};
 
-fn plain(c: &mut p2p_overlay::Config) {
-    c.encryption = Encryption::Plain;
-}
-
 /// B's link to node `id`, once it has one.
 fn link_of(b: &TestNode, id: NodeId) -> Option<PeerInfo> {
     b.peers().into_iter().find(|p| p.node_id == id)
@@ -32,7 +28,10 @@ fn owner_keeps_its_address(b: &TestNode, v: &TestNode) {
         b.peers()
     );
     let at_v = link_of(b, v.id()).expect("V's link");
-    assert!(at_v.addr_verified, "the owner's address is verified: {at_v:?}");
+    assert!(
+        at_v.addr_verified,
+        "the owner's address is verified: {at_v:?}"
+    );
     b.send_data_to_peer(v.addr(), "to the owner")
         .expect("B sends to V's address");
     let got = v.wait_for(|ev| is_message(ev, "to the owner"));
@@ -68,7 +67,10 @@ fn a_claimed_address_of_another_node_is_not_taken_plaintext() {
     );
     let l = link_of(&b, attacker.id).expect("attacker's link");
     assert!(!l.addr_verified, "{l:?}");
-    assert_eq!(l.addr, socket, "an unverified link is known by its socket address");
+    assert_eq!(
+        l.addr, socket,
+        "an unverified link is known by its socket address"
+    );
     assert!(!b.peer_addrs().contains(&v.addr()));
 
     // Its DATA comes from its socket address, not V's.
@@ -83,7 +85,10 @@ fn a_claimed_address_of_another_node_is_not_taken_plaintext() {
         other => panic!("B never delivered the DATA: {other:?}"),
     }
     // Neither address went into B's address book (nor, so, into its PEERS).
-    assert!(b.known_addrs().iter().all(|k| k.addr != socket && k.addr != v.addr()));
+    assert!(b
+        .known_addrs()
+        .iter()
+        .all(|k| k.addr != socket && k.addr != v.addr()));
 
     owner_keeps_its_address(&b, &v);
     // The attacker is still linked, still unverified.
@@ -109,9 +114,14 @@ fn a_claimed_address_of_another_node_is_not_taken_tls() {
     assert_eq!(l.encryption, Encryption::Tls);
     assert!(!l.addr_verified, "{l:?}");
     assert_ne!(l.addr, v_addr);
-    assert_ne!(l.addr, m.addr(), "B knows only the attacker's socket address");
+    assert_ne!(
+        l.addr,
+        m.addr(),
+        "B knows only the attacker's socket address"
+    );
 
-    m.send_data_to_peer(b.addr(), "forged").expect("attacker sends");
+    m.send_data_to_peer(b.addr(), "forged")
+        .expect("attacker sends");
     match b.wait_for(|ev| is_message(ev, "forged")) {
         Some(Event::Message { from, from_id, .. }) => {
             assert_eq!(from_id, m.id());
@@ -120,7 +130,10 @@ fn a_claimed_address_of_another_node_is_not_taken_tls() {
         }
         other => panic!("B never delivered the DATA: {other:?}"),
     }
-    assert!(b.known_addrs().iter().all(|k| k.addr != l.addr && k.addr != v_addr));
+    assert!(b
+        .known_addrs()
+        .iter()
+        .all(|k| k.addr != l.addr && k.addr != v_addr));
 
     owner_keeps_its_address(&b, &v);
 }
@@ -145,7 +158,10 @@ fn honest_inbound_links_are_verified_tls() {
     assert!(at_a.addr_verified && at_a.addr == b.addr(), "{at_a:?}");
     // A verified inbound address is recorded like a dialled one.
     assert!(
-        eventually(DEADLINE, || b.known_addrs().iter().any(|k| k.addr == a.addr())),
+        eventually(DEADLINE, || b
+            .known_addrs()
+            .iter()
+            .any(|k| k.addr == a.addr())),
         "B never recorded A's verified address"
     );
 }
@@ -177,7 +193,10 @@ fn probe_first_frame_is_answered_and_closed_quietly() {
         Some(P2PMessage::Join(j)) => assert_eq!(j.node_id, n.id()),
         other => panic!("expected the node's JOIN, got {other:?}"),
     }
-    assert!(raw.closed_within(DEADLINE), "the probe connection stayed open");
+    assert!(
+        raw.closed_within(DEADLINE),
+        "the probe connection stayed open"
+    );
     assert!(n.peers().is_empty());
     assert_eq!(n.info().counters.handshakes_failed, 0);
 }

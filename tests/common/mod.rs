@@ -60,6 +60,12 @@ pub fn start_node(configure: impl FnOnce(&mut Config)) -> TestNode {
     }
 }
 
+/// A `configure` for [`start_node`]: plaintext links, for tests that speak the wire
+/// protocol by hand ([`RawPeer`]) or check what plaintext nodes do.
+pub fn plain(c: &mut Config) {
+    c.encryption = p2p_overlay::Encryption::Plain;
+}
+
 /// Starts `n` nodes with the same configuration.
 pub fn start_nodes(n: usize, configure: impl Fn(&mut Config)) -> Vec<TestNode> {
     (0..n).map(|_| start_node(&configure)).collect()
