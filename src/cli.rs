@@ -941,6 +941,8 @@ mod tests {
                     direction: p2p_overlay::Direction::Outbound,
                     rtt: None,
                     connected_for: Duration::ZERO,
+                    encryption: p2p_overlay::Encryption::Tls,
+                    addr_verified: true,
                 }),
                 "peer up: 127.0.0.1:9001 (id 00000000000000ab, out)",
             ),

@@ -989,8 +989,17 @@ impl Links {
         v
     }
 
-    pub(crate) fn linked_addrs(&self) -> HashSet<SocketAddr> {
-        self.registry.lock().table.linked_addrs()
+    /// Verified listen addresses of the live links, with their node ids: what
+    /// PEERS may name.
+    pub(crate) fn linked_peers(&self) -> Vec<(SocketAddr, NodeId)> {
+        self.registry
+            .lock()
+            .table
+            .links()
+            .iter()
+            .filter(|l| l.verified)
+            .map(|l| (l.addr, l.node_id))
+            .collect()
     }
 
     pub(crate) fn counts(&self) -> LinkCounts {
@@ -1390,6 +1399,7 @@ mod tests {
             rtt: None,
             connected_for: Duration::ZERO,
             encryption: Encryption::Tls,
+            addr_verified: true,
         })
     }
 

@@ -203,6 +203,25 @@ pub struct Join {
     pub observed: Option<IpAddr>,
 }
 
+/// One PEERS entry: a listen address and the id of the node the sender found
+/// there. On the wire the id is 8 bytes after the address, 0 for "unknown" (a node
+/// id is the first 8 bytes of a SHA-256 hash: 0 is never a real one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PeerEntry {
+    /// The node's listen address.
+    pub addr: SocketAddr,
+    /// The id the sender proved at `addr` (an outbound link, a dial-back probe, or
+    /// a verified peer's PEERS), or `None`.
+    pub id: Option<NodeId>,
+}
+
+impl From<SocketAddr> for PeerEntry {
+    /// An entry without an id.
+    fn from(addr: SocketAddr) -> PeerEntry {
+        PeerEntry { addr, id: None }
+    }
+}
+
 /// A flooded message: delivered once by every node, forwarded on every link but the one
 /// it came in on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -245,8 +264,9 @@ pub enum P2PMessage {
     },
     /// Peer exchange.
     Peers {
-        /// Listen addresses of nodes the sender knows.
-        addrs: Vec<SocketAddr>,
+        /// Listen addresses of nodes the sender knows, each with the node id the
+        /// sender proved there (if it knows one), so a dial can check it in TLS.
+        addrs: Vec<PeerEntry>,
     },
     /// A flooded message.
     Broadcast(Broadcast),
@@ -514,8 +534,9 @@ impl P2PMessage {
             }
             P2PMessage::Peers { addrs } => {
                 let _ = buf.write_u16::<BigEndian>(addrs.len().min(u16::MAX as usize) as u16);
-                for a in addrs.iter().take(u16::MAX as usize) {
-                    put_socket_addr(buf, a);
+                for e in addrs.iter().take(u16::MAX as usize) {
+                    put_socket_addr(buf, &e.addr);
+                    let _ = buf.write_u64::<BigEndian>(e.id.map_or(0, |id| id.0));
                 }
             }
             P2PMessage::Broadcast(b) => {
@@ -575,7 +596,7 @@ impl P2PMessage {
                 2 + addrs
                     .iter()
                     .take(u16::MAX as usize)
-                    .map(|a| ip_len(Some(a.ip())) + 2)
+                    .map(|e| ip_len(Some(e.addr.ip())) + 2 + 8)
                     .sum::<usize>()
             }
             P2PMessage::Broadcast(b) => {
@@ -641,7 +662,9 @@ impl P2PMessage {
                 }
                 let mut addrs = Vec::with_capacity(n); // n <= MAX_PEERS_PER_MESSAGE
                 for _ in 0..n {
-                    addrs.push(b.socket_addr()?);
+                    let addr = b.socket_addr()?;
+                    let id = Some(NodeId(b.u64()?)).filter(|id| id.0 != 0);
+                    addrs.push(PeerEntry { addr, id });
                 }
                 P2PMessage::Peers { addrs }
             }
@@ -865,7 +888,13 @@ mod tests {
             P2PMessage::Ping { nonce: u64::MAX },
             P2PMessage::Pong { nonce: 42 },
             P2PMessage::Peers {
-                addrs: vec![addr("127.0.0.1:9000"), addr("[::1]:9001")],
+                addrs: vec![
+                    addr("127.0.0.1:9000").into(),
+                    PeerEntry {
+                        addr: addr("[::1]:9001"),
+                        id: Some(NodeId(0x0102)),
+                    },
+                ],
             },
             P2PMessage::Peers { addrs: vec![] },
             P2PMessage::Broadcast(Broadcast {
@@ -1041,9 +1070,28 @@ mod tests {
     #[test]
     fn golden_peers_and_broadcast() {
         let p = P2PMessage::Peers {
-            addrs: vec![addr("10.1.2.3:80")],
+            addrs: vec![PeerEntry {
+                addr: addr("10.1.2.3:80"),
+                id: Some(NodeId(0xAB)),
+            }],
         };
-        assert_eq!(p.encode(), [0, 0, 0, 10, 4, 0, 1, 4, 10, 1, 2, 3, 0, 80]);
+        #[rustfmt::skip]
+        let want = [
+            0, 0, 0, 18, 4,
+            0, 1,                      // one entry
+            4, 10, 1, 2, 3, 0, 80,     // 10.1.2.3:80
+            0, 0, 0, 0, 0, 0, 0, 0xAB, // its node id
+        ];
+        assert_eq!(p.encode(), want);
+        // No id known: 8 zero bytes, decoded as `None`.
+        let p = P2PMessage::Peers {
+            addrs: vec![addr("10.1.2.3:80").into()],
+        };
+        assert_eq!(
+            p.encode(),
+            [0, 0, 0, 18, 4, 0, 1, 4, 10, 1, 2, 3, 0, 80, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(P2PMessage::decode(&p.encode()[4..]).expect("decodes"), p);
         let b = P2PMessage::Broadcast(Broadcast {
             origin: NodeId(1),
             seq: 2,

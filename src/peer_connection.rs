@@ -48,7 +48,7 @@ use crate::protocol::{Flow, InboundLimits};
 use crate::shared::Shared;
 use crate::transport::outbox::Outbox;
 use crate::transport::thread::spawn_named;
-use crate::transport::tls::HandshakeFailure;
+use crate::transport::tls::{wrong_node, HandshakeFailure};
 use crate::transport::{ReadHalf, Stream, WriteHalf};
 
 /// Read buffer per link: one `read` call brings in hundreds of small frames. Pages
@@ -251,7 +251,10 @@ impl PeerConnection {
                 HandshakeFailure::Closed => HandshakeError::ClosedEarly,
                 HandshakeFailure::NotTls => HandshakeError::PeerPlaintext,
                 HandshakeFailure::Io(e) => HandshakeError::Send(e),
-                HandshakeFailure::Tls(e) => HandshakeError::Tls(e.to_string()),
+                HandshakeFailure::Tls(e) => match wrong_node(&e) {
+                    Some((got, expected)) => HandshakeError::WrongNode { got, expected },
+                    None => HandshakeError::Tls(e.to_string()),
+                },
             })
     }
 
@@ -504,7 +507,16 @@ impl PeerConnection {
         let membership = &shared.protocols.membership;
         match &result {
             Err(Error::SelfDial(_)) => membership.found_self(addr),
-            r => membership.dial_finished(&shared.links, addr, r.is_ok()),
+            r => {
+                let wrong_id = matches!(
+                    r,
+                    Err(Error::Handshake {
+                        reason: HandshakeError::WrongNode { .. },
+                        ..
+                    })
+                );
+                membership.dial_finished(&shared.links, addr, r.is_ok(), wrong_id)
+            }
         }
         shared.links.end_dial(&addr);
         if let Some(w) = waiter {

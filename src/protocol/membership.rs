@@ -27,7 +27,7 @@ use parking_lot::Mutex;
 use crate::config::Config;
 use crate::error::HandshakeError;
 use crate::links::{Link, Links};
-use crate::p2p_message::{Join, NodeId, P2PMessage, PROTOCOL_VERSION};
+use crate::p2p_message::{Join, NodeId, P2PMessage, PeerEntry, PROTOCOL_VERSION};
 use crate::state::known_addrs::{AddrBook, DialBudget, KnownAddr, Learned};
 use crate::state::net::net_group;
 use crate::state::observed::{usable, ObservedVotes};
@@ -219,7 +219,9 @@ impl Membership {
     ) {
         // An unverified link's address is its socket's: nothing to dial or store.
         if link.verified() {
-            self.book.lock().mark_success(link.addr(), Instant::now());
+            self.book
+                .lock()
+                .mark_success(link.addr(), Some(link.node_id()), Instant::now());
         }
         if let Some(ip) = observed {
             self.observe(links, link.conn_id(), source, ip);
@@ -277,22 +279,24 @@ impl Membership {
         }
     }
 
-    /// The PEERS message for the node at `to`: our links first, then healthy known
-    /// addresses, at most [`PEERS_PER_EXCHANGE`], never `to` itself.
+    /// The PEERS message for the node at `to`: our links with verified addresses
+    /// first, then healthy known addresses, at most [`PEERS_PER_EXCHANGE`], never `to`
+    /// itself, each with the id proven there when we know it.
     pub(crate) fn peer_list(&self, links: &Links, to: SocketAddr) -> P2PMessage {
-        let mut addrs: Vec<SocketAddr> = links
-            .linked_addrs()
+        let mut addrs: Vec<PeerEntry> = links
+            .linked_peers()
             .into_iter()
-            .filter(|a| *a != to)
+            .filter(|(a, _)| *a != to)
+            .map(|(addr, id)| PeerEntry { addr, id: Some(id) })
             .collect();
         if addrs.len() < PEERS_PER_EXCHANGE {
             let more = self.book.lock().healthy(PEERS_PER_EXCHANGE);
-            for a in more {
+            for (addr, id) in more {
                 if addrs.len() >= PEERS_PER_EXCHANGE {
                     break;
                 }
-                if a != to && !addrs.contains(&a) {
-                    addrs.push(a);
+                if addr != to && !addrs.iter().any(|e| e.addr == addr) {
+                    addrs.push(PeerEntry { addr, id });
                 }
             }
         }
@@ -301,15 +305,19 @@ impl Membership {
     }
 
     /// Adds addresses from a peer's PEERS message, within the per-source limit of the
-    /// link's remote IP (see `state::known_addrs`); new ones wake the dialer.
-    pub(crate) fn on_peers(&self, links: &Links, addrs: &[SocketAddr], from: &Link) {
+    /// link's remote IP (see `state::known_addrs`); new ones wake the dialer. The ids
+    /// in it are kept (for entries without one) only when the sender's own address
+    /// is verified: an unverified peer could name any id for any address.
+    pub(crate) fn on_peers(&self, links: &Links, addrs: &[PeerEntry], from: &Link) {
         let now = Instant::now();
         let source = from.remote_ip();
+        let trusted = from.verified();
         let (mut new, mut ignored) = (0, 0);
         {
             let mut book = self.book.lock();
-            for a in addrs {
-                match book.learn_from(*a, source, now) {
+            for e in addrs {
+                let id = e.id.filter(|_| trusted);
+                match book.learn_from(e.addr, id, source, now) {
                     Learned::Added => new += 1,
                     Learned::SourceFull => ignored += 1,
                     Learned::Known | Learned::Refused => {}
@@ -341,6 +349,12 @@ impl Membership {
     /// Whether new addresses arrived since the last call.
     pub(crate) fn take_dial_wanted(&self) -> bool {
         self.dial_wanted.swap(false, Ordering::Relaxed)
+    }
+
+    /// The node id a dial of `addr` expects in the TLS certificate, if the address
+    /// book has one (see `state::known_addrs`).
+    pub(crate) fn expected_id(&self, addr: &SocketAddr) -> Option<NodeId> {
+        self.book.lock().expected_id(addr)
     }
 
     /// Addresses to dial now to reach `target_links`: never one that is linked or
@@ -375,10 +389,16 @@ impl Membership {
     /// Bookkeeping at the end of a dial. Success was recorded when the link came up
     /// (`link_registered`); doing it again here would re-add an address the user forgot in
     /// between.
-    pub(crate) fn dial_finished(&self, links: &Links, addr: SocketAddr, ok: bool) {
+    /// `wrong_id`: the certificate there was for another node than the stored id
+    /// (counted towards dropping that id, see `AddrBook::mark_wrong_id`).
+    pub(crate) fn dial_finished(&self, links: &Links, addr: SocketAddr, ok: bool, wrong_id: bool) {
         if !ok {
             stats::add(&links.stats().dial_failures, 1);
-            self.book.lock().mark_failure(addr, Instant::now());
+            let mut book = self.book.lock();
+            if wrong_id {
+                book.mark_wrong_id(&addr);
+            }
+            book.mark_failure(addr, Instant::now());
         }
     }
 
