@@ -63,9 +63,7 @@ fn messages() -> Vec<(String, P2PMessage)> {
     for n in [8, 128] {
         v.push((
             format!("peers_{n}"),
-            P2PMessage::Peers {
-                addrs: (0..n).map(addr).collect(),
-            },
+            P2PMessage::peers((0..n).map(addr)),
         ));
     }
     for (size, name) in SIZES {

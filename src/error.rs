@@ -244,10 +244,9 @@ impl fmt::Display for HandshakeError {
             ),
             HandshakeError::TlsSetup(e) => write!(f, "cannot set up TLS: {e}"),
             HandshakeError::Probed => f.write_str("dial-back probe answered"),
-            HandshakeError::WrongNode { got, expected } => write!(
-                f,
-                "certificate is for node {got}, expected node {expected}"
-            ),
+            HandshakeError::WrongNode { got, expected } => {
+                write!(f, "certificate is for node {got}, expected node {expected}")
+            }
         }
     }
 }

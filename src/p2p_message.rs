@@ -505,6 +505,14 @@ impl P2PMessage {
         }
     }
 
+    /// A PEERS message naming `addrs` without node ids (tools, tests; a node's own
+    /// lists carry the ids it knows).
+    pub fn peers(addrs: impl IntoIterator<Item = SocketAddr>) -> P2PMessage {
+        P2PMessage::Peers {
+            addrs: addrs.into_iter().map(PeerEntry::from).collect(),
+        }
+    }
+
     /// The whole frame, length prefix included, ready to write to a socket
     /// (the C++ `serialize()`).
     pub fn encode(&self) -> Vec<u8> {

@@ -645,7 +645,12 @@ mod tests {
         );
         b.mark_failure(a("10.1.0.2:1"), now);
         for i in 3..50u16 {
-            let _ = b.learn_from(SocketAddr::new(ip("10.1.0.9"), i), None, ip("10.7.1.1"), now);
+            let _ = b.learn_from(
+                SocketAddr::new(ip("10.1.0.9"), i),
+                None,
+                ip("10.7.1.1"),
+                now,
+            );
         }
         let addrs: HashSet<_> = b.entries().into_iter().map(|k| k.addr).collect();
         assert!(addrs.contains(&a("10.0.0.1:1")), "{addrs:?}");
@@ -683,7 +688,8 @@ mod tests {
         let now = Instant::now();
         for i in 0..20u8 {
             b.learn_from(
-                SocketAddr::new(ip("10.1.0.1"), 100 + u16::from(i)), None,
+                SocketAddr::new(ip("10.1.0.1"), 100 + u16::from(i)),
+                None,
                 ip("10.7.0.1"),
                 now,
             );
@@ -716,7 +722,8 @@ mod tests {
         let now = Instant::now();
         for i in 0..50u16 {
             b.learn_from(
-                SocketAddr::new(ip("10.1.0.1"), 100 + i), None,
+                SocketAddr::new(ip("10.1.0.1"), 100 + i),
+                None,
                 ip("10.7.0.1"),
                 now,
             );

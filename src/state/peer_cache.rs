@@ -335,7 +335,9 @@ mod tests {
         let mut with_id = entry("127.0.0.1:9001", Some(1_764_115_200), 0);
         with_id.id = Some(NodeId(0x9f86_d081_884c_7d65));
         let text = render(&[with_id.clone(), entry("10.0.0.7:9000", None, 2)]);
-        assert!(text.contains("127.0.0.1:9001 seen=1764115200 success=1764115200 failures=0 id=9f86d081884c7d65\n"));
+        assert!(text.contains(
+            "127.0.0.1:9001 seen=1764115200 success=1764115200 failures=0 id=9f86d081884c7d65\n"
+        ));
         assert!(text.contains("10.0.0.7:9000 seen=- success=- failures=2\n"));
         let loaded = parse(text.as_bytes()).ok().expect("parses");
         assert_eq!(loaded.addrs[0], with_id);
