@@ -211,3 +211,73 @@ fn probe_on_a_live_link_closes_it() {
     raw.send(&P2PMessage::Probe);
     assert!(raw.closed_within(DEADLINE), "PROBE on a link left it open");
 }
+
+/// A peer cache naming an id for an address where another key now listens: the dial
+/// is refused inside the TLS certificate check, with the verifier's text, before any
+/// JOIN. After `MAX_ID_MISSES` such dials the stored id is dropped and the address
+/// links again, now recording the id proven there.
+#[test]
+fn a_cached_id_is_checked_in_tls_and_dropped_after_repeated_misses() {
+    let _w = watchdog("cached id", WATCHDOG);
+    let x = start_node(|c| c.auto_dial = false);
+    let stale = NodeId(0x0123_4567_89ab_cdef);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("peers.txt");
+    std::fs::write(
+        &file,
+        format!(
+            "{}\n{} seen=- success=- failures=0 id={stale}\n",
+            p2p_overlay::peer_cache::HEADER,
+            x.addr()
+        ),
+    )
+    .expect("write the peer cache");
+    let n = start_node(|c| {
+        c.auto_dial = false;
+        c.peers_file = Some(file.clone());
+    });
+    let entry = |n: &TestNode| n.known_addrs().into_iter().find(|k| k.addr == x.addr());
+    assert_eq!(entry(&n).and_then(|k| k.id), Some(stale));
+    let want = format!("certificate is for node {}, expected node {stale}", x.id());
+    for _ in 0..p2p_overlay::known_addrs::MAX_ID_MISSES {
+        match n.connect_to_peer(x.addr()) {
+            Err(e) => assert!(e.to_string().contains(&want), "{e}"),
+            Ok(p) => panic!("linked despite the wrong id: {p:?}"),
+        }
+    }
+    assert!(n.peers().is_empty());
+    assert!(
+        x.peers().is_empty(),
+        "no JOIN reached the node with the new key"
+    );
+    assert_eq!(
+        entry(&n).and_then(|k| k.id),
+        None,
+        "the stale id was dropped"
+    );
+    let p = n
+        .connect_to_peer(x.addr())
+        .expect("links without the stale id");
+    assert_eq!(p.node_id, x.id());
+    assert_eq!(entry(&n).and_then(|k| k.id), Some(x.id()));
+}
+
+/// PEERS carry the ids the sender proved: a node that hears of A from B (a verified
+/// link) stores A's id with the address, and its dial of A expects it.
+#[test]
+fn peers_carry_proven_ids() {
+    let _w = watchdog("peers ids", WATCHDOG);
+    let a = start_node(|c| c.auto_dial = false);
+    let b = start_node(|c| c.auto_dial = false);
+    link(&a, &b);
+    let d = start_node(|c| c.auto_dial = false);
+    link(&d, &b);
+    assert!(
+        eventually(DEADLINE, || d
+            .known_addrs()
+            .iter()
+            .any(|k| k.addr == a.addr() && k.id == Some(a.id()))),
+        "D never stored A's id from B's PEERS: {:?}",
+        d.known_addrs()
+    );
+}
