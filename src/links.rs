@@ -138,7 +138,7 @@ pub(crate) struct LinkId {
     pub dialler: NodeId,
     pub encryption: Encryption,
     /// Whether `addr` is proven to reach the node `node_id`: we dialled it, or a
-    /// dial-back PROBE found that id listening there (docs/PROTOCOL.md 2.3). An
+    /// dial-back PROBE found that id listening there (docs/PROTOCOL.md 3.1, "Verified listen addresses"). An
     /// unverified link's `addr` is the socket's remote address (ephemeral port): it
     /// is never gossiped, never stored in the address book, and never takes a listen
     /// address from another link.

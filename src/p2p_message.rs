@@ -1100,6 +1100,22 @@ mod tests {
             [0, 0, 0, 18, 4, 0, 1, 4, 10, 1, 2, 3, 0, 80, 0, 0, 0, 0, 0, 0, 0, 0]
         );
         assert_eq!(P2PMessage::decode(&p.encode()[4..]).expect("decodes"), p);
+        // docs/PROTOCOL.md section 6.
+        let p = P2PMessage::Peers {
+            addrs: vec![
+                addr("127.0.0.1:9000").into(),
+                PeerEntry {
+                    addr: addr("[::1]:9001"),
+                    id: Some(NodeId(0x0102)),
+                },
+            ],
+        };
+        let mut want = vec![0, 0, 0, 0x2d, 4, 0, 2, 4, 127, 0, 0, 1, 0x23, 0x28];
+        want.extend_from_slice(&[0; 8]);
+        want.push(6);
+        want.extend_from_slice(&[0; 15]);
+        want.extend_from_slice(&[1, 0x23, 0x29, 0, 0, 0, 0, 0, 0, 1, 2]);
+        assert_eq!(p.encode(), want);
         let b = P2PMessage::Broadcast(Broadcast {
             origin: NodeId(1),
             seq: 2,

@@ -14,7 +14,7 @@
 //!    that (address, id) pair is already proven, we dial the address back with a
 //!    PROBE ([`probe`]) before registering. Success makes the link verified at that
 //!    address; failure leaves it linked but unverified, known by its socket address
-//!    (docs/PROTOCOL.md 2.3).
+//!    (docs/PROTOCOL.md 3.1, "Verified listen addresses").
 //! 2. **Register.** [`Links::register`](crate::links::Links::register) adds the link
 //!    to the peer table, which keeps one link per pair of nodes; a losing duplicate
 //!    is retired (or closed at once past the retiring bound), a connection refused

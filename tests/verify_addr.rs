@@ -1,4 +1,4 @@
-//! A JOIN's claimed listen address counts only once verified (docs/PROTOCOL.md 2.3):
+//! A JOIN's claimed listen address counts only once verified (docs/PROTOCOL.md 3.1, "Verified listen addresses"):
 //! a peer that dials us is listed, gossiped and addressed at the address its JOIN
 //! claims only after a dial-back PROBE found its id listening there; otherwise it is
 //! known by its socket address, and the real owner of the claimed address keeps it.
