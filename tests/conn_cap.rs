@@ -118,13 +118,17 @@ fn join_flood_for_a_linked_id_stays_under_the_cap_and_a_new_node_joins() {
     );
     const FLOOD: usize = 300;
     let a = start_node(|c| {
+        plain(c);
         c.max_connections = CAP;
         // Above the flood's pace, so the connection cap is what it meets.
         c.max_pending_handshakes = CAP - 1;
         c.handshake_timeout = Duration::from_secs(2);
         c.auto_dial = false;
     });
-    let x = start_node(|c| c.auto_dial = false);
+    let x = start_node(|c| {
+        plain(c);
+        c.auto_dial = false;
+    });
     link(&x, &a);
     let network = default_network();
 
@@ -173,7 +177,10 @@ fn join_flood_for_a_linked_id_stays_under_the_cap_and_a_new_node_joins() {
         eventually(DEADLINE, || connected.load(Ordering::Relaxed) >= FLOOD / 3),
         "the flood never got going"
     );
-    let b = start_node(|c| c.auto_dial = false);
+    let b = start_node(|c| {
+        plain(c);
+        c.auto_dial = false;
+    });
     let attempts = join_with_retries(&b, &a);
     assert!(
         eventually(DEADLINE, || done.load(Ordering::Relaxed)),
@@ -248,6 +255,7 @@ fn silent_sockets_over_the_cap_are_closed_at_once_and_an_honest_node_joins() {
     const LINKS: usize = 10;
     const SILENT: usize = 60;
     let a = start_node(|c| {
+        plain(c);
         c.max_connections = CAP;
         c.handshake_timeout = Duration::from_secs(2);
         c.peer_timeout = Duration::from_secs(60); // raw peers never answer PINGs
@@ -303,7 +311,10 @@ fn silent_sockets_over_the_cap_are_closed_at_once_and_an_honest_node_joins() {
     assert_eq!(a.info().counters.refused_connections, 0, "pending cap hit");
 
     // An honest node gets in once the admitted silent sockets time out.
-    let b = start_node(|c| c.auto_dial = false);
+    let b = start_node(|c| {
+        plain(c);
+        c.auto_dial = false;
+    });
     join_with_retries(&b, &a);
     b.send_data_to_peer(a.addr(), "past the silent ones")
         .expect("B -> A");
@@ -341,6 +352,7 @@ fn dials_count_against_the_cap_and_the_dial_plan_waits_for_room() {
     );
     const SMALL_CAP: usize = 8;
     let a = start_node(|c| {
+        plain(c);
         c.max_connections = SMALL_CAP;
         c.max_pending_handshakes = 4;
         c.target_links = 16; // the plan wants dials
@@ -423,6 +435,7 @@ fn at_most_two_duplicates_of_one_node_linger() {
     let _watchdog = watchdog("at_most_two_duplicates_of_one_node_linger", WATCHDOG);
     const EXTRA: usize = 6;
     let a = start_node(|c| {
+        plain(c);
         c.peer_timeout = Duration::from_secs(60); // the raw peer never answers PINGs
         c.handshake_timeout = Duration::from_secs(30);
         c.auto_dial = false;

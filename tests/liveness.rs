@@ -26,10 +26,11 @@ fn no_timeout(c: &mut Config) {
 #[test]
 fn silent_peer_is_dropped_after_heartbeat_timeout() {
     let a = start_node(|c| {
+        plain(c);
         fast_heartbeat(c);
         c.auto_dial = false;
     });
-    let c = start_node(|_| {});
+    let c = start_node(plain);
     link(&c, &a);
 
     // A raw peer completes the handshake, then never answers anything.
@@ -98,10 +99,12 @@ fn stopped_node_is_dropped_at_once_by_leave() {
 #[test]
 fn remove_peer_sends_leave() {
     let a = start_node(|c| {
+        plain(c);
         no_timeout(c);
         c.auto_dial = false;
     });
     let b = start_node(|c| {
+        plain(c);
         no_timeout(c);
         c.auto_dial = false;
     });
@@ -130,6 +133,7 @@ fn remove_peer_sends_leave() {
 #[test]
 fn periodic_peer_exchange_keeps_running() {
     let a = start_node(|c| {
+        plain(c);
         c.peer_exchange_interval = Duration::from_millis(50);
         c.auto_dial = false;
     });

@@ -39,6 +39,7 @@ fn ip(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
 
 /// The node under test: no timeout fires during a test and it dials nothing by itself.
 fn target(c: &mut Config) {
+    plain(c);
     c.auto_dial = false;
     c.handshake_timeout = LONG;
     c.peer_timeout = LONG;
@@ -112,6 +113,7 @@ fn bound_node_and_twin() -> (TestNode, TestNode) {
     for _ in 0..PORT_ATTEMPTS {
         let a = start_node(target);
         let mut twin = Config::new(ip(127, 0, 0, 2), a.addr().port());
+        plain(&mut twin);
         twin.auto_dial = false;
         match try_start_node(twin) {
             Ok(twin) => return (a, twin),
@@ -128,7 +130,10 @@ fn bound_node_ignores_observations() {
     let (a, twin) = bound_node_and_twin();
     let p = a.addr().port();
     assert_eq!(a.addr(), SocketAddr::new(localhost(), p));
-    let honest = start_node(|c| c.auto_dial = false);
+    let honest = start_node(|c| {
+        plain(c);
+        c.auto_dial = false;
+    });
     link(&honest, &a);
 
     // Two liars from distinct source IPs (enough for an unspecified-bind node to
@@ -369,6 +374,7 @@ fn flood_of_different_observations_from_one_source_changes_nothing() {
 
     // A real node at one of the claimed IPs is an ordinary peer, not "this node".
     let mut config = Config::new(ip(127, 0, 1, 5), 0);
+    plain(&mut config);
     config.auto_dial = false;
     let other = try_start_node(config).expect("node starts on 127.0.1.5");
     let info = a

@@ -254,15 +254,18 @@ pub struct RawPeer {
 struct ProbeAnswerer {
     /// The id the answer carries: the raw peer's, kept current by `join_msg`.
     id: Arc<AtomicU64>,
+    /// The listener's address, to wake the blocked accept when dropped.
+    addr: SocketAddr,
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
 impl ProbeAnswerer {
     fn start(listener: &TcpListener, id: NodeId) -> io::Result<ProbeAnswerer> {
+        // A blocking accept (woken by a connection of our own when dropped): a probe
+        // is answered at once, as a real node would, not after a polling interval.
         let listener = listener.try_clone()?;
-        listener.set_nonblocking(true)?;
-        let port = listener.local_addr()?.port();
+        let addr = listener.local_addr()?;
         let id = Arc::new(AtomicU64::new(id.0));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = thread::spawn({
@@ -274,14 +277,16 @@ impl ProbeAnswerer {
                         thread::sleep(Duration::from_millis(5));
                         continue;
                     };
-                    let _ = s.set_nonblocking(false);
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
                     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
                     match read_frame(&mut s, DEFAULT_MAX_FRAME) {
                         Ok(Some(f)) if f == [10] => {
                             let join = P2PMessage::Join(Join {
                                 version: PROTOCOL_VERSION,
                                 node_id: NodeId(id.load(Ordering::Relaxed)),
-                                listen_port: port,
+                                listen_port: addr.port(),
                                 network: default_network(),
                                 advertise: None,
                                 observed: None,
@@ -295,6 +300,7 @@ impl ProbeAnswerer {
         });
         Ok(ProbeAnswerer {
             id,
+            addr,
             stop,
             thread: Some(thread),
         })
@@ -304,8 +310,12 @@ impl ProbeAnswerer {
 impl Drop for ProbeAnswerer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        // Wakes the accept; if the connect fails the thread is left blocked (and
+        // keeps the port) rather than hanging the test in `join`.
+        if TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)).is_ok() {
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
         }
     }
 }
