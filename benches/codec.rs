@@ -61,12 +61,7 @@ fn messages() -> Vec<(String, P2PMessage)> {
     v.push(("ping".into(), P2PMessage::Ping { nonce: 123_456_789 }));
     v.push(("pong".into(), P2PMessage::Pong { nonce: 123_456_789 }));
     for n in [8, 128] {
-        v.push((
-            format!("peers_{n}"),
-            P2PMessage::Peers {
-                addrs: (0..n).map(addr).collect(),
-            },
-        ));
+        v.push((format!("peers_{n}"), P2PMessage::peers((0..n).map(addr))));
     }
     for (size, name) in SIZES {
         v.push((

@@ -771,6 +771,7 @@ mod tests {
             rtt,
             connected_for: Duration::from_secs(7),
             encryption,
+            addr_verified: true,
         };
         assert_eq!(
             format_peers(&[
@@ -992,6 +993,7 @@ mod tests {
                     rtt: None,
                     connected_for: Duration::ZERO,
                     encryption: Encryption::Tls,
+                    addr_verified: true,
                 }),
                 "peer up: 127.0.0.1:9001 (id 00000000000000ab, out)",
             ),

@@ -181,6 +181,18 @@ pub enum HandshakeError {
     },
     /// The TLS session could not be set up on our side.
     TlsSetup(String),
+    /// The dial expected node `expected` at the address (address book, peer cache,
+    /// PEERS) and the certificate there is for node `got`: checked inside the TLS
+    /// certificate verification, before any JOIN is sent.
+    WrongNode {
+        /// The id the certificate proves.
+        got: NodeId,
+        /// The id the dial expected.
+        expected: NodeId,
+    },
+    /// The connection was a dial-back PROBE (its first frame), answered by the JOIN
+    /// we sent: a check of our id at our listen address, not a failure.
+    Probed,
 }
 
 impl fmt::Display for HandshakeError {
@@ -231,6 +243,10 @@ impl fmt::Display for HandshakeError {
                 "JOIN claims node id {claimed} but the certificate proves {proven}"
             ),
             HandshakeError::TlsSetup(e) => write!(f, "cannot set up TLS: {e}"),
+            HandshakeError::Probed => f.write_str("dial-back probe answered"),
+            HandshakeError::WrongNode { got, expected } => {
+                write!(f, "certificate is for node {got}, expected node {expected}")
+            }
         }
     }
 }

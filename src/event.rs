@@ -67,6 +67,11 @@ pub struct PeerInfo {
     /// How the link is carried. With [`Encryption::Tls`], `node_id` is the id proven
     /// by the peer's certificate.
     pub encryption: Encryption,
+    /// Whether `addr` is proven to reach this peer: we dialled it, or (for a peer
+    /// that dialled us) a dial-back PROBE found its id listening at the address its
+    /// JOIN claims. When `false`, `addr` is the socket's remote address (the peer's
+    /// ephemeral source port), not a listen address: nothing dials or gossips it.
+    pub addr_verified: bool,
 }
 
 /// Something that happened on the overlay, in the order the node saw it. More kinds

@@ -110,7 +110,7 @@ pub use error::{Error, HandshakeError};
 pub use event::{Direction, DownReason, Encryption, Event, PeerInfo};
 pub use identity::{Identity, IdentityError, NetworkCa};
 pub use node::{resolve_peer_addr, Node, NodeInfo};
-pub use p2p_message::{MessageType, NodeId, P2PMessage};
+pub use p2p_message::{MessageType, NodeId, P2PMessage, PeerEntry};
 pub use state::known_addrs::{self, KnownAddr};
 pub use state::peer_cache;
 pub use state::stats::{Counter, Counters};

@@ -107,6 +107,8 @@ pub(crate) struct Link {
     dialler: NodeId,
     /// TLS or plaintext.
     encryption: Encryption,
+    /// Whether `addr` is proven to reach this peer (see [`LinkId::verified`]).
+    verified: bool,
     /// Outbound frames and the stream's write half.
     outbox: Arc<Outbox>,
     /// Shuts the stream down from any thread.
@@ -135,6 +137,12 @@ pub(crate) struct LinkId {
     pub direction: Direction,
     pub dialler: NodeId,
     pub encryption: Encryption,
+    /// Whether `addr` is proven to reach the node `node_id`: we dialled it, or a
+    /// dial-back PROBE found that id listening there (docs/PROTOCOL.md 3.1, "Verified listen addresses"). An
+    /// unverified link's `addr` is the socket's remote address (ephemeral port): it
+    /// is never gossiped, never stored in the address book, and never takes a listen
+    /// address from another link.
+    pub verified: bool,
 }
 
 impl Link {
@@ -147,6 +155,7 @@ impl Link {
             direction: id.direction,
             dialler: id.dialler,
             encryption: id.encryption,
+            verified: id.verified,
             outbox,
             closer,
             connected_at: Instant::now(),
@@ -169,6 +178,12 @@ impl Link {
     /// The peer's listen address: what a user can dial.
     pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Whether [`addr`](Link::addr) is a proven listen address of this peer (see
+    /// [`LinkId::verified`]).
+    pub(crate) fn verified(&self) -> bool {
+        self.verified
     }
 
     /// The socket's remote IP: the source of what arrives on this link, which the
@@ -225,6 +240,7 @@ impl Link {
             rtt,
             connected_for: self.connected_at.elapsed(),
             encryption: self.encryption,
+            addr_verified: self.verified,
         }
     }
 
@@ -246,6 +262,9 @@ impl Peer for Link {
     }
     fn addr(&self) -> SocketAddr {
         self.addr
+    }
+    fn verified(&self) -> bool {
+        self.verified
     }
     fn direction(&self) -> Direction {
         self.direction
@@ -970,8 +989,17 @@ impl Links {
         v
     }
 
-    pub(crate) fn linked_addrs(&self) -> HashSet<SocketAddr> {
-        self.registry.lock().table.linked_addrs()
+    /// Verified listen addresses of the live links, with their node ids: what
+    /// PEERS may name.
+    pub(crate) fn linked_peers(&self) -> Vec<(SocketAddr, NodeId)> {
+        self.registry
+            .lock()
+            .table
+            .links()
+            .iter()
+            .filter(|l| l.verified)
+            .map(|l| (l.addr, l.node_id))
+            .collect()
     }
 
     pub(crate) fn counts(&self) -> LinkCounts {
@@ -1371,6 +1399,7 @@ mod tests {
             rtt: None,
             connected_for: Duration::ZERO,
             encryption: Encryption::Tls,
+            addr_verified: true,
         })
     }
 

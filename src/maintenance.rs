@@ -87,7 +87,7 @@ pub(crate) fn dial_more(shared: &Arc<Shared>, factory: &PeerConnectionFactory) {
         log::debug!("dialing {addr}");
         match factory.dial(Dial {
             addr,
-            expect: None,
+            expect: shared.protocols.membership.expected_id(&addr),
             waiter: None,
         }) {
             Ok(()) => {}

@@ -223,7 +223,7 @@ impl Node {
                 let (tx, rx) = bounded(1);
                 let factory = PeerConnectionFactory::new(Arc::clone(shared));
                 factory.dial(Dial {
-                    expect: None,
+                    expect: membership.expected_id(&addr),
                     addr,
                     waiter: Some(tx),
                 })?;

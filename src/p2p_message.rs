@@ -153,6 +153,8 @@ pub enum MessageType {
     Graft,
     /// Asks the receiver to stop sending one origin's broadcasts eagerly on this link.
     Prune,
+    /// Dial-back check, first frame of a probe connection instead of JOIN.
+    Probe,
     /// Any other byte.
     Unknown(u8),
 }
@@ -170,6 +172,7 @@ impl From<u8> for MessageType {
             7 => MessageType::IHave,
             8 => MessageType::Graft,
             9 => MessageType::Prune,
+            10 => MessageType::Probe,
             other => MessageType::Unknown(other),
         }
     }
@@ -188,6 +191,7 @@ impl From<MessageType> for u8 {
             MessageType::IHave => 7,
             MessageType::Graft => 8,
             MessageType::Prune => 9,
+            MessageType::Probe => 10,
             MessageType::Unknown(b) => b,
         }
     }
@@ -213,6 +217,25 @@ pub struct Join {
     /// The receiver's IP as the sender sees it, so a node bound to 0.0.0.0 learns the
     /// address others know it by (used as the origin of its broadcasts).
     pub observed: Option<IpAddr>,
+}
+
+/// One PEERS entry: a listen address and the id of the node the sender found
+/// there. On the wire the id is 8 bytes after the address, 0 for "unknown" (a node
+/// id is the first 8 bytes of a SHA-256 hash: 0 is never a real one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PeerEntry {
+    /// The node's listen address.
+    pub addr: SocketAddr,
+    /// The id the sender proved at `addr` (an outbound link, a dial-back probe, or
+    /// a verified peer's PEERS), or `None`.
+    pub id: Option<NodeId>,
+}
+
+impl From<SocketAddr> for PeerEntry {
+    /// An entry without an id.
+    fn from(addr: SocketAddr) -> PeerEntry {
+        PeerEntry { addr, id: None }
+    }
 }
 
 /// A flooded message: delivered once by every node, forwarded on every link but the one
@@ -314,8 +337,9 @@ pub enum P2PMessage {
     },
     /// Peer exchange.
     Peers {
-        /// Listen addresses of nodes the sender knows.
-        addrs: Vec<SocketAddr>,
+        /// Listen addresses of nodes the sender knows, each with the node id the
+        /// sender proved there (if it knows one), so a dial can check it in TLS.
+        addrs: Vec<PeerEntry>,
     },
     /// A flooded message.
     Broadcast(Broadcast),
@@ -342,6 +366,12 @@ pub enum P2PMessage {
         /// The origin whose broadcasts are to be announced only.
         origin: NodeId,
     },
+    /// Sent instead of JOIN as the first frame of a dial-back check: a node that got
+    /// a JOIN claiming a listen address dials that address to learn whether the node
+    /// listening there holds the claimed id. The probed node sends its JOIN first (as
+    /// on every connection), which is the answer, and closes when it reads PROBE.
+    /// Empty body.
+    Probe,
 }
 
 /// Every way a frame can be wrong. The `Display` text names the number involved, because
@@ -544,6 +574,15 @@ impl P2PMessage {
             P2PMessage::IHave { .. } => MessageType::IHave,
             P2PMessage::Graft { .. } => MessageType::Graft,
             P2PMessage::Prune { .. } => MessageType::Prune,
+            P2PMessage::Probe => MessageType::Probe,
+        }
+    }
+
+    /// A PEERS message naming `addrs` without node ids (tools, tests; a node's own
+    /// lists carry the ids it knows).
+    pub fn peers(addrs: impl IntoIterator<Item = SocketAddr>) -> P2PMessage {
+        P2PMessage::Peers {
+            addrs: addrs.into_iter().map(PeerEntry::from).collect(),
         }
     }
 
@@ -576,8 +615,9 @@ impl P2PMessage {
             }
             P2PMessage::Peers { addrs } => {
                 let _ = buf.write_u16::<BigEndian>(addrs.len().min(u16::MAX as usize) as u16);
-                for a in addrs.iter().take(u16::MAX as usize) {
-                    put_socket_addr(buf, a);
+                for e in addrs.iter().take(u16::MAX as usize) {
+                    put_socket_addr(buf, &e.addr);
+                    let _ = buf.write_u64::<BigEndian>(e.id.map_or(0, |id| id.0));
                 }
             }
             P2PMessage::Broadcast(b) => {
@@ -609,7 +649,7 @@ impl P2PMessage {
             P2PMessage::Prune { origin } => {
                 let _ = buf.write_u64::<BigEndian>(origin.0);
             }
-            P2PMessage::Leave => {}
+            P2PMessage::Leave | P2PMessage::Probe => {}
         }
         let len = (buf.len() - start - LEN_PREFIX) as u32;
         BigEndian::write_u32(&mut buf[start..start + LEN_PREFIX], len);
@@ -639,7 +679,7 @@ impl P2PMessage {
                 2 + addrs
                     .iter()
                     .take(u16::MAX as usize)
-                    .map(|a| ip_len(Some(a.ip())) + 2)
+                    .map(|e| ip_len(Some(e.addr.ip())) + 2 + 8)
                     .sum::<usize>()
             }
             P2PMessage::Broadcast(b) => {
@@ -654,7 +694,7 @@ impl P2PMessage {
             P2PMessage::IHave { ids } => 2 + 17 * ids.len().min(MAX_IDS_PER_MESSAGE),
             P2PMessage::Graft { ids } => 2 + 16 * ids.len().min(MAX_IDS_PER_MESSAGE),
             P2PMessage::Prune { .. } => 8,
-            P2PMessage::Leave => 0,
+            P2PMessage::Leave | P2PMessage::Probe => 0,
         };
         LEN_PREFIX + 1 + body
     }
@@ -711,7 +751,9 @@ impl P2PMessage {
                 }
                 let mut addrs = Vec::with_capacity(n); // n <= MAX_PEERS_PER_MESSAGE
                 for _ in 0..n {
-                    addrs.push(b.socket_addr()?);
+                    let addr = b.socket_addr()?;
+                    let id = Some(NodeId(b.u64()?)).filter(|id| id.0 != 0);
+                    addrs.push(PeerEntry { addr, id });
                 }
                 P2PMessage::Peers { addrs }
             }
@@ -734,6 +776,7 @@ impl P2PMessage {
                 })
             }
             MessageType::Leave => P2PMessage::Leave,
+            MessageType::Probe => P2PMessage::Probe,
             MessageType::IHave => {
                 let n = id_count(&mut b, 17)?;
                 let mut ids = Vec::with_capacity(n);
@@ -944,7 +987,13 @@ mod tests {
             P2PMessage::Ping { nonce: u64::MAX },
             P2PMessage::Pong { nonce: 42 },
             P2PMessage::Peers {
-                addrs: vec![addr("127.0.0.1:9000"), addr("[::1]:9001")],
+                addrs: vec![
+                    addr("127.0.0.1:9000").into(),
+                    PeerEntry {
+                        addr: addr("[::1]:9001"),
+                        id: Some(NodeId(0x0102)),
+                    },
+                ],
             },
             P2PMessage::Peers { addrs: vec![] },
             P2PMessage::Broadcast(Broadcast {
@@ -976,6 +1025,7 @@ mod tests {
             P2PMessage::Prune {
                 origin: NodeId(0xABCD),
             },
+            P2PMessage::Probe,
         ]
     }
 
@@ -1019,7 +1069,8 @@ mod tests {
         for b in 0..=255u8 {
             assert_eq!(u8::from(MessageType::from(b)), b);
         }
-        assert_eq!(MessageType::from(10), MessageType::Unknown(10));
+        assert_eq!(MessageType::from(10), MessageType::Probe);
+        assert_eq!(MessageType::from(11), MessageType::Unknown(11));
     }
 
     #[test]
@@ -1090,6 +1141,7 @@ mod tests {
             [0, 0, 0, 9, 2, 0, 0, 0, 0, 0, 0, 1, 2]
         );
         assert_eq!(P2PMessage::Leave.encode(), [0, 0, 0, 1, 6]);
+        assert_eq!(P2PMessage::Probe.encode(), [0, 0, 0, 1, 10]);
     }
 
     #[test]
@@ -1119,9 +1171,44 @@ mod tests {
     #[test]
     fn golden_peers_and_broadcast() {
         let p = P2PMessage::Peers {
-            addrs: vec![addr("10.1.2.3:80")],
+            addrs: vec![PeerEntry {
+                addr: addr("10.1.2.3:80"),
+                id: Some(NodeId(0xAB)),
+            }],
         };
-        assert_eq!(p.encode(), [0, 0, 0, 10, 4, 0, 1, 4, 10, 1, 2, 3, 0, 80]);
+        #[rustfmt::skip]
+        let want = [
+            0, 0, 0, 18, 4,
+            0, 1,                      // one entry
+            4, 10, 1, 2, 3, 0, 80,     // 10.1.2.3:80
+            0, 0, 0, 0, 0, 0, 0, 0xAB, // its node id
+        ];
+        assert_eq!(p.encode(), want);
+        // No id known: 8 zero bytes, decoded as `None`.
+        let p = P2PMessage::Peers {
+            addrs: vec![addr("10.1.2.3:80").into()],
+        };
+        assert_eq!(
+            p.encode(),
+            [0, 0, 0, 18, 4, 0, 1, 4, 10, 1, 2, 3, 0, 80, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(P2PMessage::decode(&p.encode()[4..]).expect("decodes"), p);
+        // docs/PROTOCOL.md section 6.
+        let p = P2PMessage::Peers {
+            addrs: vec![
+                addr("127.0.0.1:9000").into(),
+                PeerEntry {
+                    addr: addr("[::1]:9001"),
+                    id: Some(NodeId(0x0102)),
+                },
+            ],
+        };
+        let mut want = vec![0, 0, 0, 0x2d, 4, 0, 2, 4, 127, 0, 0, 1, 0x23, 0x28];
+        want.extend_from_slice(&[0; 8]);
+        want.push(6);
+        want.extend_from_slice(&[0; 15]);
+        want.extend_from_slice(&[1, 0x23, 0x29, 0, 0, 0, 0, 0, 0, 1, 2]);
+        assert_eq!(p.encode(), want);
         // Key and signature are placeholders here (the layout does not check them);
         // protocol/broadcast/signature.rs tests real ones.
         let key: [u8; PUBLIC_KEY_LEN] = std::array::from_fn(|i| i as u8);

@@ -10,6 +10,11 @@
 //!    any other first frame, a JOIN whose id is not the proven one, a JOIN that
 //!    breaks membership's rules, or our own node id (we dialled ourselves) ends the
 //!    connection.
+//!    A peer that dialled us only *claims* its listen address in its JOIN: unless
+//!    that (address, id) pair is already proven, we dial the address back with a
+//!    PROBE ([`probe`]) before registering. Success makes the link verified at that
+//!    address; failure leaves it linked but unverified, known by its socket address
+//!    (docs/PROTOCOL.md 3.1, "Verified listen addresses").
 //! 2. **Register.** [`Links::register`](crate::links::Links::register) adds the link
 //!    to the peer table, which keeps one link per pair of nodes; a losing duplicate
 //!    is retired (or closed at once past the retiring bound), a connection refused
@@ -43,7 +48,7 @@ use crate::protocol::{Flow, InboundLimits};
 use crate::shared::Shared;
 use crate::transport::outbox::Outbox;
 use crate::transport::thread::spawn_named;
-use crate::transport::tls::HandshakeFailure;
+use crate::transport::tls::{wrong_node, HandshakeFailure};
 use crate::transport::{ReadHalf, Stream, WriteHalf};
 
 /// Read buffer per link: one `read` call brings in hundreds of small frames. Pages
@@ -130,14 +135,21 @@ impl PeerConnection {
     /// Runs the connection to its end (the C++ `PeerConnection::run`). Always
     /// unregisters the stream and joins the writer before returning.
     pub(crate) fn run(mut self) {
-        let handshake = self.handshake();
+        let handshake = self.handshake().map(|(join, deadline)| {
+            let (addr, verified) = self.listen_addr(&join, deadline);
+            (join, addr, verified)
+        });
         self.pending = None;
         let links = &self.shared.links;
         match handshake {
-            Ok(join) => self.run_link(join),
+            Ok((join, addr, verified)) => self.run_link(join, addr, verified),
             Err(e) => {
                 match &e {
                     Error::SelfDial(_) => log::debug!("{}: {e}", self.remote),
+                    Error::Handshake {
+                        reason: HandshakeError::Probed,
+                        ..
+                    } => log::debug!("{}: {e}", self.remote),
                     _ if !links.is_running() => {}
                     _ => {
                         links.count_handshake_failure();
@@ -152,7 +164,10 @@ impl PeerConnection {
     }
 
     /// Exchanges JOINs. Both sides send first, so neither waits for the other.
-    fn handshake(&mut self) -> Result<Join, Error> {
+    /// Returns the peer's JOIN and the handshake's deadline (which bounds the probe).
+    /// An inbound connection whose first frame is PROBE ends here with
+    /// [`HandshakeError::Probed`]: the JOIN we sent was the answer.
+    fn handshake(&mut self) -> Result<(Join, Instant), Error> {
         let addr = self.remote;
         let fail = |reason: HandshakeError| Error::Handshake { addr, reason };
         let links = &self.shared.links;
@@ -190,6 +205,9 @@ impl PeerConnection {
         };
         let join = match P2PMessage::decode(&frame) {
             Ok(P2PMessage::Join(j)) => j,
+            Ok(P2PMessage::Probe) if self.direction == Direction::Inbound => {
+                return Err(fail(HandshakeError::Probed))
+            }
             Ok(other) => return Err(fail(HandshakeError::NotJoin(other.message_type()))),
             Err(e) => return Err(fail(HandshakeError::BadFrame(e))),
         };
@@ -202,7 +220,7 @@ impl PeerConnection {
             }
         }
         match membership.check_join(&join).map_err(fail)? {
-            JoinCheck::Accept => Ok(join),
+            JoinCheck::Accept => Ok((join, deadline)),
             JoinCheck::OwnId => {
                 let addr = self.dial.as_ref().map_or(self.remote, |d| d.addr);
                 Err(Error::SelfDial(addr))
@@ -233,17 +251,62 @@ impl PeerConnection {
                 HandshakeFailure::Closed => HandshakeError::ClosedEarly,
                 HandshakeFailure::NotTls => HandshakeError::PeerPlaintext,
                 HandshakeFailure::Io(e) => HandshakeError::Send(e),
-                HandshakeFailure::Tls(e) => HandshakeError::Tls(e.to_string()),
+                HandshakeFailure::Tls(e) => match wrong_node(&e) {
+                    Some((got, expected)) => HandshakeError::WrongNode { got, expected },
+                    None => HandshakeError::Tls(e.to_string()),
+                },
             })
     }
 
-    fn run_link(&mut self, join: Join) {
+    /// The address the link is registered under, and whether it is verified.
+    ///
+    /// The JOIN claims `(advertise or socket IP, listen_port)`. That claim counts when
+    /// it is already proven for this id: the address we dialled, or a pair in
+    /// membership's verified cache. Otherwise we dial the claimed address back
+    /// ([`probe`], within the handshake's deadline, holding no lock). When the probe
+    /// fails, an outbound link keeps the address we dialled (proven by construction)
+    /// and an inbound link is known by its socket address, unverified.
+    fn listen_addr(&self, join: &Join, deadline: Instant) -> (SocketAddr, bool) {
+        let membership = &self.shared.protocols.membership;
+        let ip = join.advertise.unwrap_or(self.remote.ip());
+        let claimed = SocketAddr::new(ip, join.listen_port);
+        let id = join.node_id;
+        if self.direction == Direction::Outbound && claimed == self.remote {
+            membership.record_verified(id, claimed);
+            return (claimed, true);
+        }
+        if membership.is_verified(id, &claimed) {
+            return (claimed, true);
+        }
+        let outcome = if membership.is_own(&claimed) {
+            Err("it is this node's own address".to_string())
+        } else {
+            probe(&self.shared, claimed, id, deadline)
+        };
+        match outcome {
+            Ok(()) => {
+                log::debug!("{}: node {id} verified at {claimed}", self.remote);
+                membership.record_verified(id, claimed);
+                (claimed, true)
+            }
+            Err(why) => {
+                log::info!(
+                    "{}: claimed listen address {claimed} of node {id} not verified: {why}",
+                    self.remote
+                );
+                match self.direction {
+                    Direction::Outbound => (self.remote, true),
+                    Direction::Inbound => (self.remote, false),
+                }
+            }
+        }
+    }
+
+    fn run_link(&mut self, join: Join, addr: SocketAddr, verified: bool) {
         let direction = self.direction;
         let shared = Arc::clone(&self.shared);
         let links = &shared.links;
         let protocols = &shared.protocols;
-        let ip = join.advertise.unwrap_or(self.remote.ip());
-        let addr = SocketAddr::new(ip, join.listen_port);
         // Both ends know alike who dialled (see `PeerTable::insert`).
         let dialler = match direction {
             Direction::Outbound => shared.id,
@@ -268,6 +331,7 @@ impl PeerConnection {
             direction,
             dialler,
             encryption,
+            verified,
         };
         let link = Arc::new(Link::new(
             id,
@@ -443,12 +507,97 @@ impl PeerConnection {
         let membership = &shared.protocols.membership;
         match &result {
             Err(Error::SelfDial(_)) => membership.found_self(addr),
-            r => membership.dial_finished(&shared.links, addr, r.is_ok()),
+            r => {
+                let wrong_id = matches!(
+                    r,
+                    Err(Error::Handshake {
+                        reason: HandshakeError::WrongNode { .. },
+                        ..
+                    })
+                );
+                membership.dial_finished(&shared.links, addr, r.is_ok(), wrong_id)
+            }
         }
         shared.links.end_dial(&addr);
         if let Some(w) = waiter {
             let _ = w.send(result);
         }
+    }
+}
+
+/// The dial-back check: opens a connection to `addr`, runs TLS expecting the
+/// certificate of node `expect` (plaintext nodes skip TLS), sends PROBE instead of
+/// JOIN, and reads the JOIN the node there sends first; `Ok` when its id is
+/// `expect`. Everything is bounded by `deadline` (the connect also by the connect
+/// timeout). The connection is registered with `Links` while it runs, so a stopping
+/// node closes it, and holds no connection slot: it lives inside the handshake of
+/// the connection that asked for it. Runs on that connection's thread, no lock held.
+fn probe(
+    shared: &Shared,
+    addr: SocketAddr,
+    expect: NodeId,
+    deadline: Instant,
+) -> Result<(), String> {
+    let links = &shared.links;
+    let left = deadline.saturating_duration_since(Instant::now());
+    let timeout = links.config().connect_timeout.min(left);
+    if timeout.is_zero() {
+        return Err("no time left in the handshake".into());
+    }
+    let stream = Stream::connect(addr, timeout).map_err(|e| format!("cannot connect: {e}"))?;
+    let conn_id = links.next_conn_id();
+    links.add_conn(conn_id, stream.closer());
+    let result = probe_on(shared, &stream, addr, expect, deadline);
+    stream.shutdown();
+    links.remove_conn(conn_id);
+    result
+}
+
+fn probe_on(
+    shared: &Shared,
+    stream: &Stream,
+    addr: SocketAddr,
+    expect: NodeId,
+    deadline: Instant,
+) -> Result<(), String> {
+    stream.set_nodelay();
+    if let Some(tls) = &shared.tls {
+        let session = tls.client(addr.ip(), Some(expect))?;
+        stream.start_tls(session, deadline).map_err(|f| match f {
+            HandshakeFailure::Timeout => "TLS handshake timed out".to_string(),
+            HandshakeFailure::Closed => "closed during the TLS handshake".to_string(),
+            HandshakeFailure::NotTls => "the node there speaks plaintext".to_string(),
+            HandshakeFailure::Io(e) => format!("TLS handshake: {e}"),
+            HandshakeFailure::Tls(e) => format!("TLS: {e}"),
+        })?;
+    }
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err("no time left in the handshake".into());
+    }
+    let writer = stream.writer();
+    writer
+        .set_write_timeout(Some(left))
+        .map_err(|e| format!("cannot set timeout: {e}"))?;
+    writer
+        .send_all(&P2PMessage::Probe.encode())
+        .map_err(|e| format!("cannot send PROBE: {e}"))?;
+    let mut reader = DeadlineReader {
+        half: stream.reader(),
+        deadline,
+    };
+    let max = MAX_JOIN_FRAME.min(shared.links.config().max_frame);
+    let frame = match read_join_frame(&mut reader, max, stream.is_tls()) {
+        Ok(Some(f)) => f,
+        Ok(None) => return Err("closed before sending JOIN".into()),
+        Err(HandshakeError::Timeout { .. }) => return Err("no JOIN before the deadline".into()),
+        Err(e) => return Err(e.to_string()),
+    };
+    match P2PMessage::decode(&frame) {
+        Ok(P2PMessage::Join(j)) if j.node_id == expect => Ok(()),
+        Ok(P2PMessage::Join(j)) => Err(format!("node {} listens there", j.node_id)),
+        Ok(other) => Err(format!("expected JOIN, got {:?}", other.message_type())),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -137,7 +137,7 @@ impl PeerConnectionFactory {
                         shared
                             .protocols
                             .membership
-                            .dial_finished(links, addr, false);
+                            .dial_finished(links, addr, false, false);
                         links.end_dial(&addr);
                         if let Some(w) = dial.waiter {
                             let _ = w.send(Err(Error::Connect { addr, source }));

@@ -41,9 +41,7 @@ fn bogus(first_x: u8, n: usize) -> Vec<SocketAddr> {
 /// Sends `addrs` in PEERS messages of at most 1,000 (the wire limit).
 fn flood(raw: &mut RawPeer, addrs: &[SocketAddr]) {
     for chunk in addrs.chunks(1000) {
-        raw.send(&P2PMessage::Peers {
-            addrs: chunk.to_vec(),
-        });
+        raw.send(&P2PMessage::peers(chunk.to_vec()));
     }
 }
 
@@ -204,7 +202,7 @@ fn one_flooding_source_cannot_take_every_dial() {
             let lies = bogus(1, 20_000);
             let frames: Vec<Vec<u8>> = lies
                 .chunks(1000)
-                .map(|c| P2PMessage::Peers { addrs: c.to_vec() }.encode())
+                .map(|c| P2PMessage::peers(c.to_vec()).encode())
                 .collect();
             let deadline = Instant::now() + DEADLINE;
             for frame in frames.iter().cycle() {
@@ -223,9 +221,7 @@ fn one_flooding_source_cannot_take_every_dial() {
         > NEW_PER_SOURCE
         && dial_failures(&node) >= BURST as u64));
     let mut b = join_from(IpAddr::V4(Ipv4Addr::new(127, 0, 200, 1)), &node);
-    b.send(&P2PMessage::Peers {
-        addrs: vec![good.addr()],
-    });
+    b.send(&P2PMessage::peers(vec![good.addr()]));
     let linked = eventually(Duration::from_secs(10), || node.is_linked_to(&good));
     stop.store(true, Ordering::Relaxed);
     let _ = flooder.join();

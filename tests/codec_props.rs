@@ -13,7 +13,7 @@ use p2p_overlay::p2p_message::{
     read_frame, read_frame_buffered, Announcement, Broadcast, DecodeError, Join, DEFAULT_MAX_FRAME,
     LEN_PREFIX, MAX_JOIN_FRAME, MAX_NETWORK_NAME, MAX_PEERS_PER_MESSAGE,
 };
-use p2p_overlay::{MessageType, NodeId, P2PMessage};
+use p2p_overlay::{MessageType, NodeId, P2PMessage, PeerEntry};
 
 // ---------------------------------------------------------------------------------
 // Generators
@@ -101,7 +101,15 @@ fn message() -> impl Strategy<Value = P2PMessage> {
         text(300).prop_map(|text| P2PMessage::Data { text }),
         any::<u64>().prop_map(|nonce| P2PMessage::Ping { nonce }),
         any::<u64>().prop_map(|nonce| P2PMessage::Pong { nonce }),
-        vec(socket_addr(), 0..=50).prop_map(|addrs| P2PMessage::Peers { addrs }),
+        vec((socket_addr(), any::<u64>()), 0..=50).prop_map(|v| P2PMessage::Peers {
+            addrs: v
+                .into_iter()
+                .map(|(addr, id)| PeerEntry {
+                    addr,
+                    id: Some(NodeId(id)).filter(|i| i.0 != 0),
+                })
+                .collect()
+        }),
         broadcast().prop_map(P2PMessage::Broadcast),
         Just(P2PMessage::Leave),
         vec((any::<u64>(), any::<u64>(), any::<u8>()), 0..=40).prop_map(|ids| {

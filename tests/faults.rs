@@ -497,9 +497,7 @@ fn dialing_tries_untried_live_addresses_before_retrying_failing_ones() {
     // does not dial it yet). The gossiping peer then goes away.
     {
         let (mut raw, _) = RawPeer::join(a.addr(), &default_network());
-        raw.send(&P2PMessage::Peers {
-            addrs: vec![live.addr()],
-        });
+        raw.send(&P2PMessage::peers(vec![live.addr()]));
         assert!(raw.ping_pong(1));
         assert!(a.known_addrs().iter().any(|k| k.addr == live.addr()));
         let (stream, listener) = raw.into_parts();

@@ -33,7 +33,7 @@ fn taken_in(node: &TestNode, lies: &[SocketAddr]) -> bool {
 /// Waits for the next PEERS frame on `raw` and returns its addresses.
 fn next_peers(raw: &mut RawPeer) -> HashSet<SocketAddr> {
     match raw.recv_until(|m| matches!(m, P2PMessage::Peers { .. })) {
-        Some(P2PMessage::Peers { addrs }) => addrs.into_iter().collect(),
+        Some(P2PMessage::Peers { addrs }) => addrs.into_iter().map(|e| e.addr).collect(),
         other => panic!("expected PEERS, got {other:?}"),
     }
 }
@@ -45,9 +45,7 @@ fn heard_of_addresses_are_not_gossiped_on() {
     let (mut liar, _) = RawPeer::join(a.addr(), &default_network());
     assert!(wait_for_event(&a.events, DEADLINE, |e| is_peer_up(e, liar.id)).is_some());
     let lies = bogus();
-    liar.send(&P2PMessage::Peers {
-        addrs: lies.clone(),
-    });
+    liar.send(&P2PMessage::peers(lies.clone()));
     assert!(
         eventually(DEADLINE, || taken_in(&a, &lies)),
         "the node did not take in the list: {} known",
@@ -81,9 +79,7 @@ fn referrals_at_the_link_cap_hand_out_no_heard_of_addresses() {
     let (mut liar, _) = RawPeer::join(a.addr(), &default_network());
     assert!(wait_for_event(&a.events, DEADLINE, |e| is_peer_up(e, liar.id)).is_some());
     let lies = bogus();
-    liar.send(&P2PMessage::Peers {
-        addrs: lies.clone(),
-    });
+    liar.send(&P2PMessage::peers(lies.clone()));
     assert!(eventually(DEADLINE, || taken_in(&a, &lies)));
 
     // The node is full: a joiner is referred elsewhere with a PEERS list, then LEAVE.

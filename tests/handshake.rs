@@ -62,9 +62,7 @@ fn gossip_about_its_own_address_never_links_a_node_to_itself() {
     // A raw peer tells B about A, and about B itself under two names.
     let (mut gossip, _) = RawPeer::join(b.addr(), &default_network());
     let own_alias = mapped(b.addr());
-    gossip.send(&P2PMessage::Peers {
-        addrs: vec![b.addr(), own_alias, a.addr()],
-    });
+    gossip.send(&P2PMessage::peers(vec![b.addr(), own_alias, a.addr()]));
 
     // B dials A, the address it learned...
     assert!(

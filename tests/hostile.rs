@@ -742,7 +742,7 @@ fn peer_list_over_1000_entries_closes_the_link_and_teaches_nothing() {
     assert_eq!(addrs.len(), 1001);
     let known_before = f.a.known_addrs().len();
     f.closes_link_on(
-        &P2PMessage::Peers { addrs }.encode(),
+        &P2PMessage::peers(addrs).encode(),
         "peer list of 1001 entries exceeds the maximum 1000",
     );
     assert!(
@@ -768,7 +768,7 @@ fn peer_list_of_exactly_1000_entries_is_accepted_and_the_book_stays_capped() {
     let addrs: Vec<SocketAddr> = (0..MAX_PEERS_PER_MESSAGE as u16)
         .map(|i| SocketAddr::new(IpAddr::from([127, 0, 0, 3]), 20_000 + i))
         .collect();
-    raw.send(&P2PMessage::Peers { addrs });
+    raw.send(&P2PMessage::peers(addrs));
     assert!(raw.ping_pong(9), "a 1000-entry list closed the link");
     // One source adds at most NEW_PER_SOURCE (64) never-tried addresses.
     let known = f.a.known_addrs().len();
@@ -786,7 +786,7 @@ fn peer_list_of_exactly_1000_entries_is_accepted_and_the_book_stays_capped() {
         let more: Vec<SocketAddr> = (0..MAX_PEERS_PER_MESSAGE as u16)
             .map(|i| SocketAddr::new(IpAddr::from([127, 0, 60 + x, 4]), 20_000 + i))
             .collect();
-        p.send(&P2PMessage::Peers { addrs: more });
+        p.send(&P2PMessage::peers(more));
         assert!(
             p.ping_pong(10 + u64::from(x)),
             "a 1000-entry list closed the link"
@@ -826,7 +826,7 @@ fn absurd_peer_entries_are_never_learned_or_dialled() {
     .collect();
     let mut list = absurd.clone();
     list.push(control.addr());
-    raw.send(&P2PMessage::Peers { addrs: list });
+    raw.send(&P2PMessage::peers(list));
 
     assert!(
         eventually(DEADLINE, || f.a.is_linked_to(&control)),

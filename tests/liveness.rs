@@ -98,10 +98,12 @@ fn stopped_node_is_dropped_at_once_by_leave() {
 #[test]
 fn remove_peer_sends_leave() {
     let a = start_node(|c| {
+        plain(c);
         no_timeout(c);
         c.auto_dial = false;
     });
     let b = start_node(|c| {
+        plain(c);
         no_timeout(c);
         c.auto_dial = false;
     });

@@ -15,6 +15,7 @@
 //! Locks: `book` (the address book) and `observed` (votes on our own IP), each taken
 //! alone, except when an adopted IP changes: then `observed`, then `book`.
 
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +27,7 @@ use parking_lot::Mutex;
 use crate::config::Config;
 use crate::error::HandshakeError;
 use crate::links::{Link, Links};
-use crate::p2p_message::{Join, NodeId, P2PMessage, PROTOCOL_VERSION};
+use crate::p2p_message::{Join, NodeId, P2PMessage, PeerEntry, PROTOCOL_VERSION};
 use crate::state::known_addrs::{AddrBook, DialBudget, KnownAddr, Learned};
 use crate::state::net::net_group;
 use crate::state::observed::{usable, ObservedVotes};
@@ -39,6 +40,44 @@ const PEERS_PER_EXCHANGE: usize = 128;
 /// How long a node waits before redialing a peer that said LEAVE (or that the user
 /// disconnected): it is going away on purpose. A node that restarts dials us itself.
 const LEAVE_REDIAL_DELAY: Duration = Duration::from_secs(60);
+
+/// Most (address, id) pairs [`VerifiedAddrs`] keeps.
+const MAX_VERIFIED: usize = 1024;
+
+/// Listen addresses proven to reach a node id: by an outbound link (we dialled the
+/// address) or by a successful dial-back probe. An inbound JOIN claiming an address
+/// found here with the same id needs no probe. One id per address (the last proven:
+/// a node that restarts with a new key replaces its entry); at most
+/// [`MAX_VERIFIED`], the oldest recorded goes first.
+#[derive(Default)]
+struct VerifiedAddrs {
+    by_addr: HashMap<SocketAddr, NodeId>,
+    /// Recording order, oldest first; may name addresses re-recorded since (skipped
+    /// when they come up for removal).
+    order: VecDeque<(SocketAddr, NodeId)>,
+}
+
+impl VerifiedAddrs {
+    fn contains(&self, id: NodeId, addr: &SocketAddr) -> bool {
+        self.by_addr.get(addr) == Some(&id)
+    }
+
+    fn record(&mut self, id: NodeId, addr: SocketAddr) {
+        if self.contains(id, &addr) {
+            return;
+        }
+        self.by_addr.insert(addr, id);
+        self.order.push_back((addr, id));
+        while self.by_addr.len() > MAX_VERIFIED || self.order.len() > 2 * MAX_VERIFIED {
+            let Some((a, i)) = self.order.pop_front() else {
+                break;
+            };
+            if self.by_addr.get(&a) == Some(&i) {
+                self.by_addr.remove(&a);
+            }
+        }
+    }
+}
 
 /// A JOIN that meets the rules of [`Membership::check_join`].
 #[derive(Debug, PartialEq, Eq)]
@@ -59,6 +98,8 @@ pub(crate) struct Membership {
     fixed_own: Vec<SocketAddr>,
     book: Mutex<AddrBook>,
     observed: Mutex<ObservedVotes>,
+    /// Proven (address, id) pairs; taken alone, never with another lock.
+    verified: Mutex<VerifiedAddrs>,
     /// A PEERS message brought new addresses: the maintenance thread dials at once.
     dial_wanted: AtomicBool,
 }
@@ -84,6 +125,7 @@ impl Membership {
             fixed_own,
             book: Mutex::new(book),
             observed: Mutex::new(ObservedVotes::default()),
+            verified: Mutex::new(VerifiedAddrs::default()),
             dial_wanted: AtomicBool::new(false),
         }
     }
@@ -149,12 +191,23 @@ impl Membership {
         SocketAddr::new(ip, self.local_addr.port())
     }
 
+    /// Whether `addr` was proven to reach node `id` (see [`VerifiedAddrs`]).
+    pub(crate) fn is_verified(&self, id: NodeId, addr: &SocketAddr) -> bool {
+        self.verified.lock().contains(id, addr)
+    }
+
+    /// `addr` was proven to reach node `id`: we dialled it and got that id, or a
+    /// dial-back probe found that id there.
+    pub(crate) fn record_verified(&self, id: NodeId, addr: SocketAddr) {
+        self.verified.lock().record(id, addr);
+    }
+
     /// Whether `addr` reaches this node itself.
     pub(crate) fn is_own(&self, addr: &SocketAddr) -> bool {
         *addr == self.local_addr || self.book.lock().is_own(addr)
     }
 
-    /// A link was registered: its address proved good, and its JOIN's view of our IP
+    /// A link was registered: its address (when verified) proved good, and its JOIN's view of our IP
     /// is its vote. Runs before `PeerUp` is reported, so an application reacting to
     /// `PeerUp` (say, `forget_addr`) sees the address book already updated.
     pub(crate) fn link_registered(
@@ -164,7 +217,12 @@ impl Membership {
         source: IpAddr,
         observed: Option<IpAddr>,
     ) {
-        self.book.lock().mark_success(link.addr(), Instant::now());
+        // An unverified link's address is its socket's: nothing to dial or store.
+        if link.verified() {
+            self.book
+                .lock()
+                .mark_success(link.addr(), Some(link.node_id()), Instant::now());
+        }
         if let Some(ip) = observed {
             self.observe(links, link.conn_id(), source, ip);
         }
@@ -221,22 +279,24 @@ impl Membership {
         }
     }
 
-    /// The PEERS message for the node at `to`: our links first, then healthy known
-    /// addresses, at most [`PEERS_PER_EXCHANGE`], never `to` itself.
+    /// The PEERS message for the node at `to`: our links with verified addresses
+    /// first, then healthy known addresses, at most [`PEERS_PER_EXCHANGE`], never `to`
+    /// itself, each with the id proven there when we know it.
     pub(crate) fn peer_list(&self, links: &Links, to: SocketAddr) -> P2PMessage {
-        let mut addrs: Vec<SocketAddr> = links
-            .linked_addrs()
+        let mut addrs: Vec<PeerEntry> = links
+            .linked_peers()
             .into_iter()
-            .filter(|a| *a != to)
+            .filter(|(a, _)| *a != to)
+            .map(|(addr, id)| PeerEntry { addr, id: Some(id) })
             .collect();
         if addrs.len() < PEERS_PER_EXCHANGE {
             let more = self.book.lock().healthy(PEERS_PER_EXCHANGE);
-            for a in more {
+            for (addr, id) in more {
                 if addrs.len() >= PEERS_PER_EXCHANGE {
                     break;
                 }
-                if a != to && !addrs.contains(&a) {
-                    addrs.push(a);
+                if addr != to && !addrs.iter().any(|e| e.addr == addr) {
+                    addrs.push(PeerEntry { addr, id });
                 }
             }
         }
@@ -245,15 +305,19 @@ impl Membership {
     }
 
     /// Adds addresses from a peer's PEERS message, within the per-source limit of the
-    /// link's remote IP (see `state::known_addrs`); new ones wake the dialer.
-    pub(crate) fn on_peers(&self, links: &Links, addrs: &[SocketAddr], from: &Link) {
+    /// link's remote IP (see `state::known_addrs`); new ones wake the dialer. The ids
+    /// in it are kept (for entries without one) only when the sender's own address
+    /// is verified: an unverified peer could name any id for any address.
+    pub(crate) fn on_peers(&self, links: &Links, addrs: &[PeerEntry], from: &Link) {
         let now = Instant::now();
         let source = from.remote_ip();
+        let trusted = from.verified();
         let (mut new, mut ignored) = (0, 0);
         {
             let mut book = self.book.lock();
-            for a in addrs {
-                match book.learn_from(*a, source, now) {
+            for e in addrs {
+                let id = e.id.filter(|_| trusted);
+                match book.learn_from(e.addr, id, source, now) {
                     Learned::Added => new += 1,
                     Learned::SourceFull => ignored += 1,
                     Learned::Known | Learned::Refused => {}
@@ -285,6 +349,12 @@ impl Membership {
     /// Whether new addresses arrived since the last call.
     pub(crate) fn take_dial_wanted(&self) -> bool {
         self.dial_wanted.swap(false, Ordering::Relaxed)
+    }
+
+    /// The node id a dial of `addr` expects in the TLS certificate, if the address
+    /// book has one (see `state::known_addrs`).
+    pub(crate) fn expected_id(&self, addr: &SocketAddr) -> Option<NodeId> {
+        self.book.lock().expected_id(addr)
     }
 
     /// Addresses to dial now to reach `target_links`: never one that is linked or
@@ -319,10 +389,16 @@ impl Membership {
     /// Bookkeeping at the end of a dial. Success was recorded when the link came up
     /// (`link_registered`); doing it again here would re-add an address the user forgot in
     /// between.
-    pub(crate) fn dial_finished(&self, links: &Links, addr: SocketAddr, ok: bool) {
+    /// `wrong_id`: the certificate there was for another node than the stored id
+    /// (counted towards dropping that id, see `AddrBook::mark_wrong_id`).
+    pub(crate) fn dial_finished(&self, links: &Links, addr: SocketAddr, ok: bool, wrong_id: bool) {
         if !ok {
             stats::add(&links.stats().dial_failures, 1);
-            self.book.lock().mark_failure(addr, Instant::now());
+            let mut book = self.book.lock();
+            if wrong_id {
+                book.mark_wrong_id(&addr);
+            }
+            book.mark_failure(addr, Instant::now());
         }
     }
 

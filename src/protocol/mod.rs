@@ -95,6 +95,10 @@ impl Protocols {
     ) -> Flow {
         let waited = match msg {
             P2PMessage::Join(_) => return Flow::Close(DownReason::SecondJoin),
+            // Only ever the first frame of a probe connection.
+            P2PMessage::Probe => {
+                return Flow::Close(DownReason::BadFrame("PROBE on a live link".into()))
+            }
             P2PMessage::Data { text } => {
                 let verdict = limits.data.admit(|| links.clock().now_ms());
                 if verdict != Verdict::Pass {

@@ -26,6 +26,13 @@
 //!   prefers addresses whose /24 (/48) holds none of our outbound links; only when
 //!   nothing else is due does it take the rest, so a loopback overlay (one /24) forms
 //!   as before.
+//! - **Ids.** An entry may carry the node id last proven at its address: by a link
+//!   with a verified address (we dialled it, or a dial-back probe found the id
+//!   there), or, for an entry with none yet, by a PEERS list of a verified peer. A
+//!   dial of the address expects that id inside the TLS certificate check. A proven
+//!   id replaces any other; a gossiped one never replaces one already there. After
+//!   [`MAX_ID_MISSES`] dials in a row that found another node's certificate, the id
+//!   is dropped (the node there got a new key), so the next dial learns the new one.
 //! - A failed dial backs off exponentially, 1 s doubling up to 60 s. An address that
 //!   failed [`MAX_FAILURES`] times in a row (about four minutes of retries) is
 //!   forgotten; if it comes back, its node will dial us or be gossiped again.
@@ -34,6 +41,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::p2p_message::NodeId;
 use crate::state::net::{is_unicast, net_group};
 use crate::state::peer_cache::CachedAddr;
 
@@ -45,6 +53,11 @@ pub const MAX_FAILURES: u32 = 8;
 /// eight times the default target link count: plenty for an honest peer's list of
 /// its links, yet 16 sources are needed to fill the default 1,000-entry book.
 pub const NEW_PER_SOURCE: usize = 64;
+
+/// Dials in a row that found another node's certificate than the stored id, after
+/// which the stored id is dropped: a node that restarted with a new key (its key
+/// file deleted) on the same address is dialled without expectation again.
+pub const MAX_ID_MISSES: u32 = 3;
 
 /// First retry delay after a failed dial.
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
@@ -68,6 +81,11 @@ pub struct KnownAddr {
     /// The network group (`net_group` (`state/net.rs`)) of the peer whose PEERS list first named it;
     /// `None` if the user typed it, the peers file had it, or it linked with us first.
     pub source: Option<IpAddr>,
+    /// The node id last proven at this address (see the module doc), which a dial
+    /// expects in the peer's certificate; `None` when unknown.
+    pub id: Option<NodeId>,
+    /// Dials in a row whose certificate was for another node than `id`.
+    pub(crate) id_misses: u32,
     /// The user typed it: never rate-limited.
     pub(crate) user: bool,
 }
@@ -218,8 +236,40 @@ impl AddrBook {
 
     /// Records `addr` from a PEERS list sent by a peer at `source` (its socket's
     /// remote IP), within that group's [`NEW_PER_SOURCE`].
-    pub(crate) fn learn_from(&mut self, addr: SocketAddr, source: IpAddr, now: Instant) -> Learned {
-        self.insert(addr, Some(net_group(source)), Room::FailingNew, now)
+    /// `id` is the id the peer names for it (only a verified peer's is passed): kept
+    /// if the entry has none yet, never replacing one.
+    pub(crate) fn learn_from(
+        &mut self,
+        addr: SocketAddr,
+        id: Option<NodeId>,
+        source: IpAddr,
+        now: Instant,
+    ) -> Learned {
+        let learned = self.insert(addr, Some(net_group(source)), Room::FailingNew, now);
+        if let (Some(id), Some(k)) = (id, self.map.get_mut(&addr)) {
+            if k.id.is_none() {
+                k.id = Some(id);
+            }
+        }
+        learned
+    }
+
+    /// The id a dial of `addr` expects, if one is stored.
+    pub(crate) fn expected_id(&self, addr: &SocketAddr) -> Option<NodeId> {
+        self.map.get(addr).and_then(|k| k.id)
+    }
+
+    /// A dial of `addr` found another node's certificate than the stored id: after
+    /// [`MAX_ID_MISSES`] in a row the id is dropped. The failure itself is
+    /// [`mark_failure`](AddrBook::mark_failure)'s.
+    pub(crate) fn mark_wrong_id(&mut self, addr: &SocketAddr) {
+        if let Some(k) = self.map.get_mut(addr) {
+            k.id_misses = k.id_misses.saturating_add(1);
+            if k.id_misses >= MAX_ID_MISSES {
+                k.id = None;
+                k.id_misses = 0;
+            }
+        }
     }
 
     /// Records an address the user typed: no source limit, never rate-limited, and it
@@ -265,6 +315,8 @@ impl AddrBook {
                 failures: 0,
                 next_attempt: now,
                 source,
+                id: None,
+                id_misses: 0,
                 user: false,
             },
         );
@@ -315,7 +367,8 @@ impl AddrBook {
 
     /// A handshake with `addr` succeeded: it is tried now, and stops counting against
     /// its source. An address that linked may replace any new entry in a full book.
-    pub(crate) fn mark_success(&mut self, addr: SocketAddr, now: Instant) {
+    /// `id` is the node proven there; it replaces any stored id.
+    pub(crate) fn mark_success(&mut self, addr: SocketAddr, id: Option<NodeId>, now: Instant) {
         self.insert(addr, None, Room::AnyNew, now);
         let Some(k) = self.map.get_mut(&addr) else {
             return;
@@ -326,6 +379,10 @@ impl AddrBook {
         k.last_success = Some(t);
         k.failures = 0;
         k.next_attempt = now;
+        if id.is_some() {
+            k.id = id;
+            k.id_misses = 0;
+        }
         if let Some(g) = counted {
             self.uncount(g);
         }
@@ -447,12 +504,12 @@ impl AddrBook {
     /// (a handshake succeeded, now or in a run the peers file remembers) and that are
     /// not failing now. An address only heard of is never passed on: otherwise one
     /// peer's made-up list would spread through the overlay (and into referrals).
-    pub(crate) fn healthy(&self, n: usize) -> Vec<SocketAddr> {
+    pub(crate) fn healthy(&self, n: usize) -> Vec<(SocketAddr, Option<NodeId>)> {
         self.map
             .values()
             .filter(|k| k.failures == 0 && k.last_success.is_some())
             .take(n)
-            .map(|k| k.addr)
+            .map(|k| (k.addr, k.id))
             .collect()
     }
 
@@ -472,6 +529,7 @@ impl AddrBook {
                 k.last_seen = c.last_seen.unwrap_or(k.last_seen);
                 k.last_success = c.last_success;
                 k.failures = c.failures.min(MAX_FAILURES - 1);
+                k.id = c.id;
                 added += 1;
             }
         }
@@ -488,6 +546,7 @@ impl AddrBook {
                 last_seen: Some(k.last_seen),
                 last_success: k.last_success,
                 failures: k.failures,
+                id: k.id,
             })
             .collect();
         v.sort_by_key(|c| (std::cmp::Reverse(c.last_success), c.addr));
@@ -535,7 +594,7 @@ mod tests {
             } else {
                 ip("10.9.9.2")
             };
-            match b.learn_from(SocketAddr::new(ip("10.0.0.1"), 1000 + i), src, now) {
+            match b.learn_from(SocketAddr::new(ip("10.0.0.1"), 1000 + i), None, src, now) {
                 Learned::Added => added += 1,
                 Learned::SourceFull => {}
                 other => panic!("{other:?}"),
@@ -544,26 +603,26 @@ mod tests {
         assert_eq!(added, NEW_PER_SOURCE);
         // Another group, the user and the peers file are not limited by it.
         assert_eq!(
-            b.learn_from(a("10.0.0.2:1"), ip("10.9.8.1"), now),
+            b.learn_from(a("10.0.0.2:1"), None, ip("10.9.8.1"), now),
             Learned::Added
         );
         b.remember(a("10.0.0.3:1"), now);
         assert!(b.learn(a("10.0.0.4:1"), now));
         assert_eq!(b.len(), NEW_PER_SOURCE + 3);
         // A tried entry stops counting: room for one more from the full group.
-        b.mark_success(a("10.0.0.1:1000"), now);
+        b.mark_success(a("10.0.0.1:1000"), None, now);
         assert_eq!(
-            b.learn_from(a("10.0.0.5:1"), ip("10.9.9.3"), now),
+            b.learn_from(a("10.0.0.5:1"), None, ip("10.9.9.3"), now),
             Learned::Added
         );
         assert_eq!(
-            b.learn_from(a("10.0.0.6:1"), ip("10.9.9.3"), now),
+            b.learn_from(a("10.0.0.6:1"), None, ip("10.9.9.3"), now),
             Learned::SourceFull
         );
         // So does a removed one.
         b.remove(&a("10.0.0.1:1002"));
         assert_eq!(
-            b.learn_from(a("10.0.0.6:1"), ip("10.9.9.3"), now),
+            b.learn_from(a("10.0.0.6:1"), None, ip("10.9.9.3"), now),
             Learned::Added
         );
     }
@@ -572,21 +631,26 @@ mod tests {
     fn new_entries_never_push_out_tried_ones_even_failing() {
         let mut b = book(3);
         let now = Instant::now();
-        b.mark_success(a("10.0.0.1:1"), now);
-        b.mark_success(a("10.0.0.2:1"), now);
+        b.mark_success(a("10.0.0.1:1"), None, now);
+        b.mark_success(a("10.0.0.2:1"), None, now);
         b.mark_failure(a("10.0.0.1:1"), now);
         b.mark_failure(a("10.0.0.1:1"), now);
-        b.learn_from(a("10.1.0.1:1"), ip("10.7.0.1"), now);
+        b.learn_from(a("10.1.0.1:1"), None, ip("10.7.0.1"), now);
         b.mark_failure(a("10.1.0.1:1"), now);
         // The failing new entry makes room once; then only tried ones are left to
         // fail, and they stay.
         assert_eq!(
-            b.learn_from(a("10.1.0.2:1"), ip("10.7.0.1"), now),
+            b.learn_from(a("10.1.0.2:1"), None, ip("10.7.0.1"), now),
             Learned::Added
         );
         b.mark_failure(a("10.1.0.2:1"), now);
         for i in 3..50u16 {
-            let _ = b.learn_from(SocketAddr::new(ip("10.1.0.9"), i), ip("10.7.1.1"), now);
+            let _ = b.learn_from(
+                SocketAddr::new(ip("10.1.0.9"), i),
+                None,
+                ip("10.7.1.1"),
+                now,
+            );
         }
         let addrs: HashSet<_> = b.entries().into_iter().map(|k| k.addr).collect();
         assert!(addrs.contains(&a("10.0.0.1:1")), "{addrs:?}");
@@ -603,13 +667,13 @@ mod tests {
     fn a_link_or_the_user_may_replace_a_healthy_new_entry() {
         let mut b = book(2);
         let now = Instant::now();
-        b.learn_from(a("10.1.0.1:1"), ip("10.7.0.1"), now);
-        b.learn_from(a("10.1.0.2:1"), ip("10.7.0.1"), now);
+        b.learn_from(a("10.1.0.1:1"), None, ip("10.7.0.1"), now);
+        b.learn_from(a("10.1.0.2:1"), None, ip("10.7.0.1"), now);
         assert_eq!(
-            b.learn_from(a("10.1.0.3:1"), ip("10.7.0.1"), now),
+            b.learn_from(a("10.1.0.3:1"), None, ip("10.7.0.1"), now),
             Learned::Refused
         );
-        b.mark_success(a("10.0.0.1:1"), now);
+        b.mark_success(a("10.0.0.1:1"), None, now);
         b.remember(a("10.0.0.2:1"), now);
         let addrs: HashSet<_> = b.entries().into_iter().map(|k| k.addr).collect();
         assert_eq!(
@@ -625,11 +689,12 @@ mod tests {
         for i in 0..20u8 {
             b.learn_from(
                 SocketAddr::new(ip("10.1.0.1"), 100 + u16::from(i)),
+                None,
                 ip("10.7.0.1"),
                 now,
             );
         }
-        b.mark_success(a("10.0.0.1:1"), now);
+        b.mark_success(a("10.0.0.1:1"), None, now);
         b.remember(a("10.0.0.2:1"), now);
         let first = due(&mut b, now, 10);
         assert_eq!(
@@ -658,11 +723,12 @@ mod tests {
         for i in 0..50u16 {
             b.learn_from(
                 SocketAddr::new(ip("10.1.0.1"), 100 + i),
+                None,
                 ip("10.7.0.1"),
                 now,
             );
         }
-        b.learn_from(a("10.2.0.1:1"), ip("10.8.0.1"), now);
+        b.learn_from(a("10.2.0.1:1"), None, ip("10.8.0.1"), now);
         let first = due(&mut b, now, 1);
         // The one token went to one source; the next turn is the other's.
         b.budget = DialBudget::new(0.0, 1);
@@ -676,9 +742,9 @@ mod tests {
     fn other_subnets_first_then_the_rest() {
         let mut b = book(10);
         let now = Instant::now();
-        b.mark_success(a("10.0.0.1:1"), now);
-        b.mark_success(a("10.0.0.2:1"), now);
-        b.mark_success(a("10.5.0.1:1"), now);
+        b.mark_success(a("10.0.0.1:1"), None, now);
+        b.mark_success(a("10.0.0.2:1"), None, now);
+        b.mark_success(a("10.5.0.1:1"), None, now);
         let outbound: HashSet<_> = [ip("10.0.0.0")].into_iter().collect();
         let c = b.dial_candidates(now, &HashSet::new(), &outbound, 1);
         assert_eq!(c, vec![a("10.5.0.1:1")]);
@@ -688,9 +754,9 @@ mod tests {
         assert_eq!(c[0], a("10.5.0.1:1"));
         // Within one round, two picks avoid sharing a /24 while others are due.
         let mut b = book(10);
-        b.mark_success(a("10.3.0.1:1"), now);
-        b.mark_success(a("10.3.0.2:1"), now);
-        b.mark_success(a("10.4.0.1:1"), now);
+        b.mark_success(a("10.3.0.1:1"), None, now);
+        b.mark_success(a("10.3.0.2:1"), None, now);
+        b.mark_success(a("10.4.0.1:1"), None, now);
         let c: HashSet<_> = due(&mut b, now, 2).into_iter().collect();
         assert!(c.contains(&a("10.4.0.1:1")), "{c:?}");
     }
@@ -724,10 +790,10 @@ mod tests {
         let mut b = book(10);
         let now = Instant::now();
         b.learn(a("10.0.0.1:1"), now); // heard of only
-        b.mark_success(a("10.0.0.2:1"), now); // linked
-        b.mark_success(a("10.0.0.3:1"), now);
+        b.mark_success(a("10.0.0.2:1"), None, now); // linked
+        b.mark_success(a("10.0.0.3:1"), None, now);
         b.mark_failure(a("10.0.0.3:1"), now); // linked once, failing now
-        assert_eq!(b.healthy(10), vec![a("10.0.0.2:1")]);
+        assert_eq!(b.healthy(10), vec![(a("10.0.0.2:1"), None)]);
     }
 
     #[test]
@@ -783,6 +849,7 @@ mod tests {
             last_seen: Some(t),
             last_success: Some(t),
             failures: f,
+            id: None,
         };
         let n = b.restore(
             &[
@@ -809,7 +876,7 @@ mod tests {
         let mut b = book(10);
         let now = Instant::now();
         let x = a("10.0.0.1:1");
-        b.mark_success(x, now);
+        b.mark_success(x, None, now);
         b.defer(&x, now + Duration::from_secs(30));
         assert!(b
             .dial_candidates(now, &HashSet::new(), &HashSet::new(), 5)
@@ -826,7 +893,7 @@ mod tests {
         let mut b = book(10);
         let now = Instant::now();
         b.learn(a("10.0.0.1:1"), now);
-        b.mark_success(a("10.0.0.2:1"), now);
+        b.mark_success(a("10.0.0.2:1"), None, now);
         let c = b.dial_candidates(now, &HashSet::new(), &HashSet::new(), 5);
         assert_eq!(c[0], a("10.0.0.2:1"));
         let skip: HashSet<_> = [a("10.0.0.2:1")].into_iter().collect();
@@ -834,5 +901,34 @@ mod tests {
             b.dial_candidates(now, &skip, &HashSet::new(), 5),
             vec![a("10.0.0.1:1")]
         );
+    }
+
+    #[test]
+    fn ids_proven_replace_gossiped_stay_and_wrong_ids_are_dropped() {
+        let mut b = book(10);
+        let now = Instant::now();
+        let x = a("10.0.0.1:1");
+        // Gossip gives an id to an entry without one, never replaces one.
+        b.learn_from(x, Some(NodeId(1)), ip("10.9.0.1"), now);
+        assert_eq!(b.expected_id(&x), Some(NodeId(1)));
+        b.learn_from(x, Some(NodeId(2)), ip("10.9.0.2"), now);
+        assert_eq!(b.expected_id(&x), Some(NodeId(1)));
+        // A proven id replaces it.
+        b.mark_success(x, Some(NodeId(3)), now);
+        assert_eq!(b.expected_id(&x), Some(NodeId(3)));
+        b.mark_success(x, None, now);
+        assert_eq!(b.expected_id(&x), Some(NodeId(3)));
+        // Another key there: dropped after MAX_ID_MISSES wrong-id dials.
+        for _ in 1..MAX_ID_MISSES {
+            b.mark_wrong_id(&x);
+            assert_eq!(b.expected_id(&x), Some(NodeId(3)));
+        }
+        b.mark_wrong_id(&x);
+        assert_eq!(b.expected_id(&x), None);
+        // Saved and restored with the entry.
+        b.mark_success(x, Some(NodeId(4)), now);
+        let mut c = book(10);
+        c.restore(&b.to_cache(), now);
+        assert_eq!(c.expected_id(&x), Some(NodeId(4)));
     }
 }

@@ -6,14 +6,16 @@
 //!
 //! ```text
 //! # p2p-overlay peer cache v1
-//! 127.0.0.1:9001 seen=1764115200 success=1764115200 failures=0
+//! 127.0.0.1:9001 seen=1764115200 success=1764115200 failures=0 id=9f86d081884c7d65
 //! 10.0.0.7:9000 seen=1764115100 success=- failures=2
 //! 192.168.1.20:9000
 //! ```
 //!
 //! - The first line must be the header; a file without it is not a peer cache.
 //! - `seen` and `success` are Unix times in seconds (`-` for never); `failures` counts
-//!   failed dials since the last success. Every field after the address is optional
+//!   failed dials since the last success; `id` (16 hex digits, absent when unknown)
+//!   is the node id last proven at the address, which the next dial expects in the
+//!   peer's certificate (files written before ids existed load without). Every field after the address is optional
 //!   and unknown `key=value` fields are ignored, so a hand-written address alone works.
 //! - Lines starting with `#` and blank lines are ignored. A line that does not parse is
 //!   skipped with a warning; so is a last line without its newline (a cut-off write).
@@ -31,6 +33,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::p2p_message::NodeId;
+
 /// The first line of every cache file.
 pub const HEADER: &str = "# p2p-overlay peer cache v1";
 
@@ -45,6 +49,8 @@ pub struct CachedAddr {
     pub last_success: Option<SystemTime>,
     /// Failed dials since the last success.
     pub failures: u32,
+    /// The node id last proven at `addr`, if known (`id=` in the file).
+    pub id: Option<NodeId>,
 }
 
 /// What was read from a cache file.
@@ -195,6 +201,7 @@ fn parse_line(line: &str) -> Result<CachedAddr, String> {
         last_seen: None,
         last_success: None,
         failures: 0,
+        id: None,
     };
     for w in words {
         let Some((key, value)) = w.split_once('=') else {
@@ -207,6 +214,13 @@ fn parse_line(line: &str) -> Result<CachedAddr, String> {
                 entry.failures = value
                     .parse()
                     .map_err(|_| format!("failures={value:?} is not a number"))?
+            }
+            "id" => {
+                let id = u64::from_str_radix(value, 16)
+                    .ok()
+                    .filter(|_| value.len() == 16)
+                    .ok_or_else(|| format!("id={value:?} is not 16 hex digits"))?;
+                entry.id = Some(NodeId(id));
             }
             _ => {} // a later version's field
         }
@@ -238,12 +252,16 @@ pub fn render(addrs: &[CachedAddr]) -> String {
     s.push('\n');
     for a in addrs {
         s.push_str(&format!(
-            "{} seen={} success={} failures={}\n",
+            "{} seen={} success={} failures={}",
             a.addr,
             fmt_time(a.last_seen),
             fmt_time(a.last_success),
             a.failures
         ));
+        if let Some(id) = a.id {
+            s.push_str(&format!(" id={id}"));
+        }
+        s.push('\n');
     }
     s
 }
@@ -308,7 +326,26 @@ mod tests {
             last_seen: t,
             last_success: t,
             failures,
+            id: None,
         }
+    }
+
+    #[test]
+    fn ids_round_trip_and_old_lines_load_without() {
+        let mut with_id = entry("127.0.0.1:9001", Some(1_764_115_200), 0);
+        with_id.id = Some(NodeId(0x9f86_d081_884c_7d65));
+        let text = render(&[with_id.clone(), entry("10.0.0.7:9000", None, 2)]);
+        assert!(text.contains(
+            "127.0.0.1:9001 seen=1764115200 success=1764115200 failures=0 id=9f86d081884c7d65\n"
+        ));
+        assert!(text.contains("10.0.0.7:9000 seen=- success=- failures=2\n"));
+        let loaded = parse(text.as_bytes()).ok().expect("parses");
+        assert_eq!(loaded.addrs[0], with_id);
+        assert_eq!(loaded.addrs[1].id, None);
+        let bad = format!("{HEADER}\n127.0.0.1:1 id=12\n127.0.0.1:2 id=zz00000000000000\n");
+        let loaded = parse(bad.as_bytes()).ok().expect("parses");
+        assert!(loaded.addrs.is_empty());
+        assert_eq!(loaded.skipped.len(), 2);
     }
 
     #[test]

@@ -19,8 +19,11 @@ pub(crate) trait Peer {
     /// Unique per connection, so a closing duplicate never removes its replacement.
     fn conn_id(&self) -> u64;
     fn node_id(&self) -> NodeId;
-    /// The peer's listen address.
+    /// The peer's listen address (its socket address when not verified).
     fn addr(&self) -> SocketAddr;
+    /// Whether `addr` is proven to be the peer's (we dialled it, or a dial-back
+    /// probe found the peer's id there).
+    fn verified(&self) -> bool;
     fn direction(&self) -> Direction;
     /// The id of the node that dialled this connection: orders duplicate connections
     /// between the same pair; see [`PeerTable::insert`].
@@ -60,8 +63,9 @@ pub(crate) enum Insert<L> {
     /// `max_links` (or, for an inbound link, `max_inbound_links`) reached, and no
     /// inbound link gives way to this one.
     Full,
-    /// Another node holds this listen address and is alive; the newcomer is refused,
-    /// so a JOIN that merely claims an address cannot push a live peer out.
+    /// Another node holds this listen address and is alive (or the newcomer's address
+    /// is unverified and anyone holds it); the newcomer is refused, so a JOIN that
+    /// merely claims an address cannot push a peer out.
     AddressTaken,
 }
 
@@ -91,7 +95,10 @@ impl<L: Peer> PeerTable<L> {
     ///
     /// A link of another node id on the same listen address is replaced only when it
     /// has been silent since `stale_before_ms` (the node restarted with a new id and
-    /// the old connection never closed); a live one keeps the address.
+    /// the old connection never closed); a live one keeps the address. A verified
+    /// owner always wins over an unverified holder: a verified newcomer replaces an
+    /// unverified link on its address, live or not, and an unverified newcomer never
+    /// takes an address anyone holds.
     ///
     /// When a cap is reached and the newcomer is inbound, an inbound link of a more
     /// represented source group may give way ([`eviction::inbound_victim`]): it is
@@ -127,7 +134,13 @@ impl<L: Peer> PeerTable<L> {
             .values()
             .filter(|l| l.addr() == link.addr() && l.node_id() != link.node_id())
             .collect();
-        if others.iter().any(|l| l.last_seen_ms() >= stale_before_ms) {
+        if !others.is_empty() && !link.verified() {
+            return Insert::AddressTaken;
+        }
+        if others
+            .iter()
+            .any(|l| l.verified() && l.last_seen_ms() >= stale_before_ms)
+        {
             return Insert::AddressTaken;
         }
         let stale: Vec<NodeId> = others.iter().map(|l| l.node_id()).collect();
@@ -200,8 +213,14 @@ impl<L: Peer> PeerTable<L> {
         self.links.len()
     }
 
+    /// The verified listen addresses of the links: what may be gossiped, and what
+    /// needs no dial. An unverified link's socket address is neither.
     pub(crate) fn linked_addrs(&self) -> HashSet<SocketAddr> {
-        self.links.values().map(|l| l.addr()).collect()
+        self.links
+            .values()
+            .filter(|l| l.verified())
+            .map(|l| l.addr())
+            .collect()
     }
 }
 
@@ -219,6 +238,7 @@ mod tests {
         last_seen_ms: u64,
         group: IpAddr,
         connected_ms: u64,
+        verified: bool,
     }
 
     impl Peer for Fake {
@@ -230,6 +250,9 @@ mod tests {
         }
         fn addr(&self) -> SocketAddr {
             self.addr
+        }
+        fn verified(&self) -> bool {
+            self.verified
         }
         fn direction(&self) -> Direction {
             self.direction
@@ -269,7 +292,40 @@ mod tests {
             last_seen_ms: 0,
             group: crate::state::net::net_group(addr.ip()),
             connected_ms: conn_id,
+            verified: true,
         })
+    }
+
+    fn unverified(conn_id: u64, node: u64, addr: &str) -> Arc<Fake> {
+        let mut l = link(conn_id, node, addr, node);
+        if let Some(f) = Arc::get_mut(&mut l) {
+            f.verified = false;
+        }
+        l
+    }
+
+    #[test]
+    fn a_verified_owner_always_wins_over_an_unverified_holder() {
+        let mut t = PeerTable::default();
+        // An unverified link never takes an address anyone holds.
+        let owner = link(1, 7, "127.0.0.1:9000", 7);
+        assert!(matches!(t.insert(owner, lim(8), 0), Insert::Added { .. }));
+        let claim = unverified(2, 8, "127.0.0.1:9000");
+        assert!(matches!(t.insert(claim, lim(8), 0), Insert::AddressTaken));
+        // A verified newcomer replaces a live unverified link on its address.
+        let mut t = PeerTable::default();
+        let claim = unverified(3, 8, "127.0.0.1:9001");
+        assert!(matches!(t.insert(claim, lim(8), 0), Insert::Added { .. }));
+        assert!(t.linked_addrs().is_empty(), "unverified: not gossiped");
+        let owner = link(4, 7, "127.0.0.1:9001", 7);
+        match t.insert(owner, lim(8), 0) {
+            Insert::Added { replaced, .. } => {
+                assert_eq!(replaced.len(), 1);
+                assert_eq!(replaced[0].conn_id, 3);
+            }
+            _ => panic!("the verified owner must win"),
+        }
+        assert_eq!(t.len(), 1);
     }
 
     #[test]

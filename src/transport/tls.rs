@@ -230,6 +230,18 @@ impl fmt::Display for WrongNode {
 
 impl std::error::Error for WrongNode {}
 
+/// When `e` is our verifier's refusal of a certificate for another node than the
+/// expected one: `(got, expected)`. Lets the dialler tell "another key listens
+/// there" (which counts against the stored id) from every other TLS failure.
+pub(crate) fn wrong_node(e: &rustls::Error) -> Option<(NodeId, NodeId)> {
+    match e {
+        rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(inner))) => inner
+            .downcast_ref::<WrongNode>()
+            .map(|w| (w.got, w.expected)),
+        _ => None,
+    }
+}
+
 /// A certificate whose key is not Ed25519 (no node id can come from it).
 #[derive(Debug)]
 struct NotEd25519;

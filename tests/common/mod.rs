@@ -11,6 +11,7 @@
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -57,6 +58,12 @@ pub fn start_node(configure: impl FnOnce(&mut Config)) -> TestNode {
         events,
         history: Mutex::new(Vec::new()),
     }
+}
+
+/// A `configure` for [`start_node`]: plaintext links, for tests that speak the wire
+/// protocol by hand ([`RawPeer`]) or check what plaintext nodes do.
+pub fn plain(c: &mut Config) {
+    c.encryption = p2p_overlay::Encryption::Plain;
 }
 
 /// Starts `n` nodes with the same configuration.
@@ -254,9 +261,84 @@ pub struct RawPeer {
     /// Our key, which signs the broadcasts we originate ([`broadcast`](RawPeer::broadcast)).
     pub identity: Identity,
     pub stream: TcpStream,
-    /// Held open so the listen port announced in our JOIN belongs to us. It never
-    /// accepts: a node that dials it back just waits for a JOIN that never comes.
+    /// Held open so the listen port announced in our JOIN belongs to us. It answers
+    /// only dial-back probes (see [`ProbeAnswerer`]): a node that dials it for a link
+    /// just waits for a JOIN that never comes.
     listener: TcpListener,
+    answerer: ProbeAnswerer,
+}
+
+/// Answers the dial-back PROBE a plaintext node sends to the listen address a JOIN
+/// claims, with a JOIN of the raw peer's current id, so raw peers are verified like
+/// real nodes. Any other first frame (a real dial's JOIN, a TLS ClientHello) gets
+/// nothing: that connection is held open, silent, until the peer is dropped.
+struct ProbeAnswerer {
+    /// The id the answer carries: the raw peer's, kept current by `join_msg`.
+    id: Arc<AtomicU64>,
+    /// The listener's address, to wake the blocked accept when dropped.
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl ProbeAnswerer {
+    fn start(listener: &TcpListener, id: NodeId) -> io::Result<ProbeAnswerer> {
+        // A blocking accept (woken by a connection of our own when dropped): a probe
+        // is answered at once, as a real node would, not after a polling interval.
+        let listener = listener.try_clone()?;
+        let addr = listener.local_addr()?;
+        let id = Arc::new(AtomicU64::new(id.0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = thread::spawn({
+            let (id, stop) = (Arc::clone(&id), Arc::clone(&stop));
+            move || {
+                let mut held = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((mut s, _)) = listener.accept() else {
+                        thread::sleep(Duration::from_millis(5));
+                        continue;
+                    };
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                    match read_frame(&mut s, DEFAULT_MAX_FRAME) {
+                        Ok(Some(f)) if f == [10] => {
+                            let join = P2PMessage::Join(Join {
+                                version: PROTOCOL_VERSION,
+                                node_id: NodeId(id.load(Ordering::Relaxed)),
+                                listen_port: addr.port(),
+                                network: default_network(),
+                                advertise: None,
+                                observed: None,
+                            });
+                            let _ = s.write_all(&join.encode());
+                        }
+                        _ => held.push(s),
+                    }
+                }
+            }
+        });
+        Ok(ProbeAnswerer {
+            id,
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for ProbeAnswerer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wakes the accept; if the connect fails the thread is left blocked (and
+        // keeps the port) rather than hanging the test in `join`.
+        if TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)).is_ok() {
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
 }
 
 impl RawPeer {
@@ -271,11 +353,15 @@ impl RawPeer {
         stream.set_read_timeout(Some(DEADLINE))?;
         stream.set_write_timeout(Some(DEADLINE))?;
         let identity = Identity::generate();
+        let id = identity.node_id();
+        let listener = TcpListener::bind((localhost(), 0))?;
+        let answerer = ProbeAnswerer::start(&listener, id)?;
         Ok(RawPeer {
-            id: identity.node_id(),
+            id,
             identity,
             stream,
-            listener: TcpListener::bind((localhost(), 0))?,
+            listener,
+            answerer,
         })
     }
 
@@ -303,6 +389,7 @@ impl RawPeer {
 
     /// A valid JOIN for `network` with our id and listen port.
     pub fn join_msg(&self, network: &str) -> P2PMessage {
+        self.answerer.id.store(self.id.0, Ordering::Relaxed);
         P2PMessage::Join(Join {
             version: PROTOCOL_VERSION,
             node_id: self.id,
@@ -407,6 +494,7 @@ impl RawPeer {
     pub fn join_with(addr: SocketAddr, join: Join) -> (RawPeer, Join) {
         let mut peer = RawPeer::connect(addr);
         peer.id = join.node_id;
+        peer.answerer.id.store(join.node_id.0, Ordering::Relaxed);
         peer.send(&P2PMessage::Join(join));
         match peer.recv() {
             Some(P2PMessage::Join(j)) => (peer, j),
@@ -417,7 +505,14 @@ impl RawPeer {
     /// Splits the peer into its connection and its listener, e.g. to free the listen
     /// port (drop the listener) while the link stays open.
     pub fn into_parts(self) -> (TcpStream, TcpListener) {
-        (self.stream, self.listener)
+        let RawPeer {
+            stream,
+            listener,
+            answerer,
+            ..
+        } = self;
+        drop(answerer);
+        (stream, listener)
     }
 
     /// Sends a PING and reads frames until the matching PONG: proof that the node
@@ -454,11 +549,15 @@ impl RawPeer {
         stream.set_read_timeout(Some(DEADLINE))?;
         stream.set_write_timeout(Some(DEADLINE))?;
         let identity = Identity::generate();
+        let id = identity.node_id();
+        let listener = TcpListener::bind((src, 0))?;
+        let answerer = ProbeAnswerer::start(&listener, id)?;
         Ok(RawPeer {
-            id: identity.node_id(),
+            id,
             identity,
             stream,
-            listener: TcpListener::bind((src, 0))?,
+            listener,
+            answerer,
         })
     }
 }
