@@ -1004,6 +1004,8 @@ fn restarted_node_rejoins_without_bootstrap() {
         &["127.0.0.1", &a_port, "--peers-file", file_arg],
     );
     b.expect_exact(&format!("peer up: {} (id {}, out)", a.addr(), a.id));
+    // A lists B at its listen address once its dial-back verified it.
+    a.expect_exact(&format!("peer up: {} (id {}, in)", b.addr(), b.id));
     b.send_line("exit");
     b.expect_clean_exit();
     a.expect_exact(&format!("peer down: {} (left)", b.addr()));

@@ -337,11 +337,19 @@ fn address_claim_is_refused_while_the_old_link_lives_then_replaces_it_when_stale
         c.auto_dial = false;
     });
     // The old node: a raw peer announcing its listen port P, kept alive by PINGs.
+    // Its listen address must be verified (its dial-back answered) for it to hold P.
     let (raw, _) = RawPeer::join(a.addr(), &default_network());
     let old_id = raw.id;
+    assert!(
+        eventually(DEADLINE, || a
+            .peers()
+            .iter()
+            .any(|p| p.node_id == old_id && p.addr_verified)),
+        "the raw peer's address was never verified: {:?}",
+        a.peers()
+    );
     let (stream, listener) = raw.into_parts();
     let port = listener.local_addr().expect("addr").port();
-    assert!(eventually(DEADLINE, || a.peer_ids().contains(&old_id)));
     let alive = Arc::new(AtomicBool::new(true));
     let pinger = {
         let alive = Arc::clone(&alive);
@@ -369,7 +377,9 @@ fn address_claim_is_refused_while_the_old_link_lives_then_replaces_it_when_stale
         let _ = b2.connect_to_peer(a.addr());
         assert!(
             eventually(DEADLINE, || !b2.is_linked_to(&a)),
-            "B2 kept a link A refused"
+            "B2 kept a link A refused: A {:?}, B2 {:?}",
+            a.peers(),
+            b2.peers()
         );
     }
     assert!(a.peer_ids().contains(&old_id), "a live link was pushed out");

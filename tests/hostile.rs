@@ -567,7 +567,7 @@ fn unknown_frame_types_are_ignored_and_the_link_stays_up() {
     let f = fixture(|_| {});
     let mut raw = f.joined();
     let before = f.a.info().counters.frames_ignored;
-    raw.send_bytes(&raw_frame(10, b"")).expect("send");
+    raw.send_bytes(&raw_frame(11, b"")).expect("send");
     raw.send_bytes(&raw_frame(200, b"from a future version"))
         .expect("send");
     // A large unknown frame: its body is skipped, and the stream stays in step.

@@ -52,6 +52,12 @@ fn the_id_survives_restarts_and_kill_9() {
         ls.iter()
             .any(|l| l.starts_with(&format!("127.0.0.1:{port} id={id} ")))
     });
+    // A records B once it verified B's listen address (a dial-back, 3.1 of
+    // docs/PROTOCOL.md), which may finish after B already lists A.
+    let b_addr = b.addr();
+    a.wait_peers("B, verified", |ls| {
+        ls.iter().any(|l| l.starts_with(&format!("{b_addr} ")))
+    });
     a.exit();
 
     let mut a = Cli::start("A again", st, port, &[]);
