@@ -317,7 +317,24 @@ pub(crate) fn pem_encode(label: &str, der: &[u8]) -> String {
 /// `$HOME/.local/state`. `None` for port 0 (each run is another node) or when neither
 /// variable is set.
 pub fn default_path(port: u16) -> Option<PathBuf> {
-    crate::state::peer_cache::state_dir(port).map(|d| d.join(format!("identity-{port}.key")))
+    state_dir(port).map(|d| d.join(format!("identity-{port}.key")))
+}
+
+/// The folder a node listening on `port` keeps its state in (peer cache, identity
+/// key): `$XDG_STATE_HOME/p2p-overlay`, else `$HOME/.local/state/p2p-overlay`. `None`
+/// for port 0 or when neither variable is set.
+pub fn state_dir(port: u16) -> Option<PathBuf> {
+    if port == 0 {
+        return None;
+    }
+    let non_empty = |v: &str| std::env::var_os(v).filter(|s| !s.is_empty());
+    let base = match non_empty("XDG_STATE_HOME") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(non_empty("HOME")?)
+            .join(".local")
+            .join("state"),
+    };
+    Some(base.join("p2p-overlay"))
 }
 
 /// Writes `bytes` to `path` so that a reader sees the old file or the whole new one,

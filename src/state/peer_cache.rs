@@ -111,24 +111,7 @@ impl std::error::Error for CacheError {
 /// `$HOME/.local/state/p2p-overlay/peers-<port>.txt`. `None` when neither variable is
 /// set, and for port 0, whose next run gets another port and so is another node.
 pub fn default_path(port: u16) -> Option<PathBuf> {
-    state_dir(port).map(|d| d.join(format!("peers-{port}.txt")))
-}
-
-/// The folder a node listening on `port` keeps its state in (peer cache, identity
-/// key): `$XDG_STATE_HOME/p2p-overlay`, else `$HOME/.local/state/p2p-overlay`. `None`
-/// for port 0 or when neither variable is set.
-pub fn state_dir(port: u16) -> Option<PathBuf> {
-    if port == 0 {
-        return None;
-    }
-    let non_empty = |v: &str| std::env::var_os(v).filter(|s| !s.is_empty());
-    let base = match non_empty("XDG_STATE_HOME") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(non_empty("HOME")?)
-            .join(".local")
-            .join("state"),
-    };
-    Some(base.join("p2p-overlay"))
+    crate::identity::state_dir(port).map(|d| d.join(format!("peers-{port}.txt")))
 }
 
 /// Reads a cache file. Bad lines are skipped and listed in [`Loaded::skipped`]; only a

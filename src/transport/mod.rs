@@ -160,8 +160,11 @@ impl ReadHalf {
     /// only std's own stream types can read into uninitialised memory on stable
     /// Rust: +52 KiB resident per link, measured.)
     ///
-    /// A TLS stream gets a plaintext buffer of at most [`TLS_PLAIN_BUF`]: rustls
-    /// hands out at most one record (16 KiB) per read anyway.
+    /// A TLS stream gets a plaintext buffer of at most [`TLS_PLAIN_BUF`]: its
+    /// reader already keeps a ciphertext buffer of one record, and a buffer that is
+    /// not `std`'s own is zeroed whole on first use, so every KiB here is resident
+    /// per link (16 KiB put a TLS link at 102 KiB). Frames longer than the buffer
+    /// are read past it into their own allocation.
     pub(crate) fn buffered(&self, capacity: usize) -> BufferedReader<'_> {
         match self.inner.tls.get() {
             None => BufferedReader::Tcp(BufReader::with_capacity(capacity, &self.inner.sock)),
@@ -175,8 +178,8 @@ impl ReadHalf {
     }
 }
 
-/// Plaintext buffer of a TLS stream's reader loop.
-const TLS_PLAIN_BUF: usize = 16 * 1024;
+/// Plaintext buffer of a TLS stream's reader loop (see [`ReadHalf::buffered`]).
+const TLS_PLAIN_BUF: usize = 8 * 1024;
 
 /// What [`ReadHalf::buffered`] returns: the reader loop's view of the stream.
 pub(crate) enum BufferedReader<'a> {
