@@ -240,17 +240,7 @@ fn refuse_existing(paths: &[&Path]) -> Result<(), String> {
 /// Creates `dir` (mode 0700) where it does not exist yet; an existing one is kept as
 /// it is.
 fn create_private_dir(dir: &Path) -> Result<(), String> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let mut b = fs::DirBuilder::new();
-    b.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        b.mode(0o700);
-    }
-    b.create(dir)
+    p2p_overlay::identity::create_private_dir(dir)
         .map_err(|e| format!("cannot create {}: {e}", dir.display()))
 }
 

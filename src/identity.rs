@@ -377,7 +377,9 @@ pub fn write_secret_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     result
 }
 
-fn create_private_dir(dir: &Path) -> io::Result<()> {
+/// Creates `dir` and its parents, mode 0700 where they are new (they hold keys); an
+/// existing folder is kept as it is.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }

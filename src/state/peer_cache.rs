@@ -27,8 +27,8 @@
 //! written means a warning, and the node runs on either way.
 
 use std::fmt;
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -275,27 +275,10 @@ fn remove_stale_temporaries(path: &Path) {
 }
 
 /// Writes the cache atomically (see the module doc), creating the folder if needed.
+/// The same writer as the identity key's: the cache says whom the node talks to, so it
+/// is private to its owner too (mode 0600).
 pub fn save(path: &Path, addrs: &[CachedAddr]) -> io::Result<()> {
-    let (dir, prefix) = temporary_prefix(path);
-    fs::create_dir_all(&dir)?;
-    let tmp = dir.join(format!("{prefix}{}", std::process::id()));
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(render(addrs).as_bytes())?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        // Make the rename itself durable. Opening a folder for fsync is not possible
-        // everywhere; the rename is atomic either way, so a failure here is ignored.
-        if let Ok(d) = File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    crate::identity::write_secret_file(path, render(addrs).as_bytes())
 }
 
 #[cfg(test)]
