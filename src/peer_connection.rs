@@ -46,6 +46,7 @@ use crate::p2p_message::{
 use crate::protocol::membership::JoinCheck;
 use crate::protocol::{Flow, InboundLimits};
 use crate::shared::Shared;
+use crate::state::known_addrs::is_dialable;
 use crate::transport::outbox::Outbox;
 use crate::transport::thread::spawn_named;
 use crate::transport::tls::{wrong_node, HandshakeFailure};
@@ -280,6 +281,10 @@ impl PeerConnection {
         }
         let outcome = if membership.is_own(&claimed) {
             Err("it is this node's own address".to_string())
+        } else if !is_dialable(&claimed) {
+            // A JOIN's `advertise` is the peer's word: 0.0.0.0, multicast or the
+            // broadcast address is never dialled back (nor listed).
+            Err("not an address a node can listen at".to_string())
         } else {
             probe(&self.shared, claimed, id, deadline)
         };

@@ -181,6 +181,43 @@ fn honest_inbound_links_are_verified_plaintext() {
     );
 }
 
+/// A JOIN that advertises an IP no node can listen at (unspecified, multicast,
+/// broadcast) is never dialled back: the peer is listed under its socket address,
+/// unverified, and the bogus address goes nowhere (not into `known` either).
+#[test]
+fn an_advertised_address_no_node_can_listen_at_is_never_probed() {
+    let _w = watchdog("undialable advertise", WATCHDOG);
+    let b = start_node(plain);
+    for ip in ["0.0.0.0", "224.0.0.1", "255.255.255.255"] {
+        let probe = RawPeer::connect(b.addr());
+        let join = Join {
+            version: PROTOCOL_VERSION,
+            node_id: probe.id,
+            listen_port: probe.listen_port(),
+            network: default_network(),
+            advertise: Some(ip.parse().expect("ip")),
+            observed: None,
+        };
+        drop(probe);
+        let (peer, _) = RawPeer::join_with(b.addr(), join);
+        assert!(
+            eventually(DEADLINE, || link_of(&b, peer.id).is_some()),
+            "{ip}: no link at all: {:?}",
+            b.peers()
+        );
+        let link = link_of(&b, peer.id).expect("linked");
+        assert!(!link.addr_verified, "{ip}: {link:?}");
+        assert_eq!(link.addr.ip(), localhost(), "{ip}: {link:?}");
+        assert!(
+            b.known_addrs()
+                .iter()
+                .all(|k| k.addr.ip().to_string() != ip),
+            "{ip} learned: {:?}",
+            b.known_addrs()
+        );
+    }
+}
+
 /// PROBE as the first frame: the node answers with its JOIN (sent first, as on every
 /// connection) and closes, quietly: no link, no handshake failure counted.
 #[test]
