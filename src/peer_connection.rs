@@ -49,7 +49,7 @@ use crate::shared::Shared;
 use crate::state::known_addrs::is_dialable;
 use crate::transport::outbox::Outbox;
 use crate::transport::thread::spawn_named;
-use crate::transport::tls::{wrong_node, HandshakeFailure};
+use crate::transport::tls::{explain, explain_io, wrong_node, HandshakeFailure};
 use crate::transport::{ReadHalf, Stream, WriteHalf};
 
 /// Read buffer per link: one `read` call brings in hundreds of small frames. Pages
@@ -254,7 +254,7 @@ impl PeerConnection {
                 HandshakeFailure::Io(e) => HandshakeError::Send(e),
                 HandshakeFailure::Tls(e) => match wrong_node(&e) {
                     Some((got, expected)) => HandshakeError::WrongNode { got, expected },
-                    None => HandshakeError::Tls(e.to_string()),
+                    None => HandshakeError::Tls(explain(&e)),
                 },
             })
     }
@@ -573,7 +573,7 @@ fn probe_on(
             HandshakeFailure::Closed => "closed during the TLS handshake".to_string(),
             HandshakeFailure::NotTls => "the node there speaks plaintext".to_string(),
             HandshakeFailure::Io(e) => format!("TLS handshake: {e}"),
-            HandshakeFailure::Tls(e) => format!("TLS: {e}"),
+            HandshakeFailure::Tls(e) => format!("TLS: {}", explain(&e)),
         })?;
     }
     let left = deadline.saturating_duration_since(Instant::now());
@@ -643,7 +643,7 @@ fn frame_error(e: DecodeError, tls: bool) -> HandshakeError {
     match e {
         DecodeError::Io(e) if is_timeout(&e) => HandshakeError::Timeout { ms: 0 },
         DecodeError::Io(e) if tls && e.kind() == io::ErrorKind::InvalidData => {
-            HandshakeError::Tls(e.to_string())
+            HandshakeError::Tls(explain_io(&e))
         }
         e => HandshakeError::BadFrame(e),
     }

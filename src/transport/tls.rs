@@ -242,6 +242,28 @@ pub(crate) fn wrong_node(e: &rustls::Error) -> Option<(NodeId, NodeId)> {
     }
 }
 
+/// A TLS failure as one log line. An alert is the peer's verdict on *our*
+/// certificate (another network CA, an open node meeting a closed network, ...), which
+/// rustls alone words as `received fatal alert: UnknownCA`: say whose verdict it is.
+pub(crate) fn explain(e: &rustls::Error) -> String {
+    match e {
+        rustls::Error::AlertReceived(alert) => format!(
+            "the peer refused the handshake (alert {alert:?}): it does not accept our \
+             certificate (another network CA, or open and closed networks meeting)"
+        ),
+        e => e.to_string(),
+    }
+}
+
+/// [`explain`] for a read error that carries TLS's verdict (a refusal of our
+/// certificate arrives as an alert after a TLS 1.3 client thought the handshake done).
+pub(crate) fn explain_io(e: &io::Error) -> String {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(tls) => explain(tls),
+        None => e.to_string(),
+    }
+}
+
 /// A certificate whose key is not Ed25519 (no node id can come from it).
 #[derive(Debug)]
 struct NotEd25519;
