@@ -250,7 +250,11 @@ fn twenty_nodes_joining_through_one_seed_reach_their_target() {
     let all = || std::iter::once(&seed).chain(nodes.iter());
     assert!(
         eventually(DEADLINE, || all().all(|n| n.peers().len() >= target)),
-        "not every node reached {target} links: {:?}",
-        all().map(|n| n.peers().len()).collect::<Vec<_>>()
+        "not every node reached {target} links: {:?}; below: {:?}",
+        all().map(|n| n.peers().len()).collect::<Vec<_>>(),
+        all()
+            .filter(|n| n.peers().len() < target)
+            .map(|n| (n.info(), n.known_addrs(), n.peers()))
+            .collect::<Vec<_>>()
     );
 }
