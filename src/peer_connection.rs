@@ -245,18 +245,7 @@ impl PeerConnection {
         .map_err(HandshakeError::TlsSetup)?;
         self.stream
             .start_tls(session, deadline)
-            .map_err(|f| match f {
-                HandshakeFailure::Timeout => HandshakeError::TlsTimeout {
-                    ms: self.shared.links.config().handshake_timeout.as_millis(),
-                },
-                HandshakeFailure::Closed => HandshakeError::ClosedEarly,
-                HandshakeFailure::NotTls => HandshakeError::PeerPlaintext,
-                HandshakeFailure::Io(e) => HandshakeError::Send(e),
-                HandshakeFailure::Tls(e) => match wrong_node(&e) {
-                    Some((got, expected)) => HandshakeError::WrongNode { got, expected },
-                    None => HandshakeError::Tls(explain(&e)),
-                },
-            })
+            .map_err(|f| tls_failure(f, &self.shared))
     }
 
     /// The address the link is registered under, and whether it is verified.
@@ -568,13 +557,9 @@ fn probe_on(
     stream.set_nodelay();
     if let Some(tls) = &shared.tls {
         let session = tls.client(addr.ip(), Some(expect))?;
-        stream.start_tls(session, deadline).map_err(|f| match f {
-            HandshakeFailure::Timeout => "TLS handshake timed out".to_string(),
-            HandshakeFailure::Closed => "closed during the TLS handshake".to_string(),
-            HandshakeFailure::NotTls => "the node there speaks plaintext".to_string(),
-            HandshakeFailure::Io(e) => format!("TLS handshake: {e}"),
-            HandshakeFailure::Tls(e) => format!("TLS: {}", explain(&e)),
-        })?;
+        stream
+            .start_tls(session, deadline)
+            .map_err(|f| tls_failure(f, shared).to_string())?;
     }
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
@@ -603,6 +588,23 @@ fn probe_on(
         Ok(P2PMessage::Join(j)) => Err(format!("node {} listens there", j.node_id)),
         Ok(other) => Err(format!("expected JOIN, got {:?}", other.message_type())),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Why a TLS handshake failed, as the handshake error a link's or a probe's log line
+/// names.
+fn tls_failure(f: HandshakeFailure, shared: &Shared) -> HandshakeError {
+    match f {
+        HandshakeFailure::Timeout => HandshakeError::TlsTimeout {
+            ms: shared.links.config().handshake_timeout.as_millis(),
+        },
+        HandshakeFailure::Closed => HandshakeError::ClosedEarly,
+        HandshakeFailure::NotTls => HandshakeError::PeerPlaintext,
+        HandshakeFailure::Io(e) => HandshakeError::Send(e),
+        HandshakeFailure::Tls(e) => match wrong_node(&e) {
+            Some((got, expected)) => HandshakeError::WrongNode { got, expected },
+            None => HandshakeError::Tls(explain(&e)),
+        },
     }
 }
 

@@ -353,6 +353,24 @@ impl fmt::Display for WebpkiError {
 
 impl std::error::Error for WebpkiError {}
 
+/// The peer's CertificateVerify signature, made with its identity key: Ed25519 only.
+/// One function for both directions (the two verifier traits ask the same).
+fn verify_handshake_signature(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls13_signature(message, cert, dss, &TLS13_ALGS)
+}
+
+/// The configs offer TLS 1.3 only, so rustls never asks for a TLS 1.2 signature;
+/// should it, the answer is no.
+fn refuse_tls12() -> Result<HandshakeSignatureValid, rustls::Error> {
+    Err(rustls::Error::PeerIncompatible(
+        rustls::PeerIncompatible::Tls13RequiredForQuic,
+    ))
+}
+
 impl ServerCertVerifier for PeerVerifier {
     fn verify_server_cert(
         &self,
@@ -377,9 +395,7 @@ impl ServerCertVerifier for PeerVerifier {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
+        refuse_tls12()
     }
 
     fn verify_tls13_signature(
@@ -388,7 +404,7 @@ impl ServerCertVerifier for PeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &TLS13_ALGS)
+        verify_handshake_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -422,9 +438,7 @@ impl ClientCertVerifier for PeerVerifier {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
+        refuse_tls12()
     }
 
     fn verify_tls13_signature(
@@ -433,7 +447,7 @@ impl ClientCertVerifier for PeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &TLS13_ALGS)
+        verify_handshake_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -635,10 +649,7 @@ impl Session {
     /// Encrypts and sends all of `buf`, blocking (up to the socket's write timeout).
     pub(crate) fn send_all(&self, sock: &TcpStream, buf: &[u8]) -> io::Result<()> {
         let mut tx = self.tx.lock();
-        if !tx.is_empty() {
-            super::send_all_raw(sock, &tx)?;
-            tx.clear();
-        }
+        send_tx(sock, &mut tx)?;
         let mut rest = buf;
         loop {
             {
@@ -647,10 +658,7 @@ impl Session {
                 encrypt(&mut st, &rest[..step], &mut tx)?;
                 rest = &rest[step..];
             }
-            if !tx.is_empty() {
-                super::send_all_raw(sock, &tx)?;
-                tx.clear();
-            }
+            send_tx(sock, &mut tx)?;
             if rest.is_empty() {
                 break;
             }
@@ -695,13 +703,7 @@ impl Session {
 
     /// Sends the ciphertext [`Session::try_send`] left, blocking.
     pub(crate) fn flush(&self, sock: &TcpStream) -> io::Result<()> {
-        let mut tx = self.tx.lock();
-        if tx.is_empty() {
-            return Ok(());
-        }
-        super::send_all_raw(sock, &tx)?;
-        tx.clear();
-        Ok(())
+        send_tx(sock, &mut self.tx.lock())
     }
 
     /// Queues close_notify and sends it if the socket takes it at once and no other
@@ -721,6 +723,16 @@ impl Session {
             tx.drain(..n);
         }
     }
+}
+
+/// Sends the ciphertext in `tx` (the caller holds the `tx` lock, its right to send),
+/// blocking up to the socket's write timeout, and empties it once sent.
+fn send_tx(sock: &TcpStream, tx: &mut Vec<u8>) -> io::Result<()> {
+    if !tx.is_empty() {
+        super::send_all_raw(sock, tx)?;
+        tx.clear();
+    }
+    Ok(())
 }
 
 /// Hands rustls the buffered ciphertext until plaintext is ready or nothing is left.
